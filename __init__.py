@@ -1,0 +1,9 @@
+"""Likeness: image-prompted, subject-driven generation for ComfyUI (IP-Adapter family)."""
+
+from .nodes import LikenessExtension
+
+WEB_DIRECTORY = "./web"
+
+
+async def comfy_entrypoint():
+    return LikenessExtension()

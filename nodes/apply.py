@@ -1,0 +1,119 @@
+"""LikenessApply and LikenessApplySimple: patch a clone of the MODEL so it also attends to image tokens."""
+
+from __future__ import annotations
+
+import comfy.model_management
+from comfy_api.v0_0_2 import io
+
+from . import types
+from .core.apply import build_image_prompt
+from .core.attention import EMBEDS_SCALING
+from .core.references import project_references
+from .core.schedules import WEIGHT_TYPES
+from .host.encode import encode_references
+from .host.patch import install, sigma_window
+from .host.sites import find_sites
+
+
+def _weight_input():
+    return io.Float.Input("weight", default=1.0, min=-1.0, max=5.0, step=0.05,
+                          tooltip="Strength of the image prompt. 0.5-1.0 is typical; above 1 can burn; negative "
+                                  "values push away from the reference.")
+
+
+def _window_inputs():
+    return [
+        io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.001,
+                       tooltip="Fraction of the sampling schedule (in sigmas) where the adapter starts acting."),
+        io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.001,
+                       tooltip="Fraction of the sampling schedule where the adapter stops. Ending early (0.6-0.8) "
+                               "leaves the prompt more say over details."),
+    ]
+
+
+def _check_window(start_at, end_at):
+    for name, value in (("start_at", start_at), ("end_at", end_at)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            return f"{name} must be between 0 and 1; got {value}."
+    if start_at is not None and end_at is not None and start_at > end_at:
+        return f"start_at ({start_at}) is after end_at ({end_at}); the adapter would never act. Set start_at <= end_at."
+    return True
+
+
+def apply_tokens(model, adapter, tokens, weight, weight_type="linear", start_at=0.0, end_at=1.0,
+                 embeds_scaling="V only", attn_mask=None):
+    sites = find_sites(model)
+    sigma_start, sigma_end = sigma_window(model, start_at, end_at)
+    prompt = build_image_prompt(adapter, tokens, sites, weight, weight_type, embeds_scaling, sigma_start, sigma_end,
+                                attn_mask, device=comfy.model_management.get_torch_device())
+    return install(model, prompt)
+
+
+class LikenessApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LikenessApply",
+            display_name="Likeness Apply",
+            category=types.CATEGORY,
+            description="Adds the image prompt to every cross-attention site of a copy of the MODEL. The MODEL you "
+                        "connect is not changed. Chain several Apply nodes to combine adapters.",
+            inputs=[
+                io.Model.Input("model", tooltip="An SD1.5 or SDXL model (or a fine-tune) matching the adapter."),
+                types.Adapter.Input("adapter", tooltip="The same adapter that made the tokens."),
+                types.Tokens.Input("tokens", tooltip="From Likeness Project."),
+                _weight_input(),
+                io.Combo.Input("weight_type", options=list(WEIGHT_TYPES), default="linear",
+                               tooltip="How the weight is spread over the UNet's layers. style transfer and "
+                                       "composition act only on the layers that carry look or layout. See the "
+                                       "node's help page for each formula."),
+                *_window_inputs(),
+                io.Combo.Input("embeds_scaling", options=list(EMBEDS_SCALING), default="V only",
+                               tooltip="V only: the reference IP-Adapter scaling. K+V variants also sharpen or "
+                                       "flatten attention; the C penalty ones weaken high-resolution layers."),
+                io.Mask.Input("attn_mask", optional=True,
+                              tooltip="Optional: where in the picture the image prompt acts (white = full). Any "
+                                      "size; it is resized to each layer's grid."),
+            ],
+            outputs=[io.Model.Output(display_name="model")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, start_at=None, end_at=None):
+        return _check_window(start_at, end_at)
+
+    @classmethod
+    def execute(cls, model, adapter, tokens, weight, weight_type, start_at, end_at, embeds_scaling,
+                attn_mask=None) -> io.NodeOutput:
+        return io.NodeOutput(apply_tokens(model, adapter, tokens, weight, weight_type, start_at, end_at,
+                                          embeds_scaling, attn_mask))
+
+
+class LikenessApplySimple(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LikenessApplySimple",
+            display_name="Likeness Apply (simple)",
+            category=types.CATEGORY,
+            description="Encode, project and apply in one node: reference images in, adapted MODEL out.",
+            inputs=[
+                io.Model.Input("model", tooltip="An SD1.5 or SDXL model matching the adapter."),
+                types.Adapter.Input("adapter", tooltip="From Likeness Adapter Loader."),
+                io.ClipVision.Input("clip_vision", tooltip="The image encoder the adapter needs."),
+                io.Image.Input("image", tooltip="One or more reference images (centre-cropped)."),
+                _weight_input(),
+                *_window_inputs(),
+            ],
+            outputs=[io.Model.Output(display_name="model")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, start_at=None, end_at=None):
+        return _check_window(start_at, end_at)
+
+    @classmethod
+    def execute(cls, model, adapter, clip_vision, image, weight, start_at, end_at) -> io.NodeOutput:
+        references = encode_references(clip_vision, image)
+        tokens = project_references(adapter, references, device=comfy.model_management.get_torch_device())
+        return io.NodeOutput(apply_tokens(model, adapter, tokens, weight, "linear", start_at, end_at))

@@ -1,0 +1,1 @@
+"""Pure torch core of Likeness: nothing here imports ComfyUI."""

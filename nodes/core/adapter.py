@@ -1,0 +1,60 @@
+"""A loaded adapter: its detected family, projection module and per-layer image key/value weights."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import checkpoint
+from .errors import AdapterFileError
+from .projection import build_projection
+from .variants import Detected, detect
+
+
+@dataclass(frozen=True, eq=False)
+class Adapter:
+    name: str  # file name, for messages
+    detected: Detected
+    projection: nn.Module
+    kv_weights: dict  # checkpoint layer id -> (W_k [width, C], W_v [width, C]), stored dtype, CPU
+    lora: dict = field(default_factory=dict)  # FaceID LoRA tensors found in the file, by key
+
+    def __deepcopy__(self, memo):
+        return self
+
+    @property
+    def context_width(self) -> int:
+        return self.detected.context_width
+
+    def describe(self) -> str:
+        return f"`{self.name}`: {self.detected.summary()}"
+
+
+def load_adapter(path: str) -> Adapter:
+    name = os.path.basename(path)
+    state = checkpoint.load_state_dict(path)
+    detected = detect({k: tuple(v.shape) for k, v in state.items()}, name)
+    proj_state = {k[len("image_proj."):]: v for k, v in state.items() if k.startswith("image_proj.")}
+    try:
+        projection = build_projection(detected.layout, proj_state)
+    except (RuntimeError, KeyError) as e:
+        raise AdapterFileError(
+            f"`{name}` looks like a {detected.layout.value} adapter but its `image_proj` tensors do not fit "
+            f"that layout ({str(e).splitlines()[0]}). The file is damaged or of an unsupported kind.") from None
+    kv = {i: (state[f"ip_adapter.{i}.to_k_ip.weight"], state[f"ip_adapter.{i}.to_v_ip.weight"])
+          for i in detected.layer_ids}
+    lora = {k[len("ip_adapter."):]: v for k, v in state.items() if "_lora." in k and k.startswith("ip_adapter.")}
+    return Adapter(name, detected, projection, kv, lora)
+
+
+def read_detection(path: str) -> Detected:
+    """Detect without loading tensor data (safetensors header only)."""
+    return detect(checkpoint.read_shapes(path), os.path.basename(path))
+
+
+def projection_device_dtype(adapter: Adapter) -> tuple[torch.device, torch.dtype]:
+    p = next(adapter.projection.parameters())
+    return p.device, p.dtype

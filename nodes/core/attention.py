@@ -1,0 +1,217 @@
+"""Decoupled cross-attention: text attention plus, for each applied adapter, weight x attention over image tokens.
+
+    out = Attn(q, K_text, V_text) + sum_a mask_a * Attn(q, K_a, V_a)
+
+with K_a = tokens_a W_k^T and V_a = tokens_a W_v^T for the site, and the site weight folded into K_a/V_a
+according to the embeds scaling. K_a and V_a are constant over a sampling run, so they are computed once
+when the adapter is applied and cast once per device and dtype, never per step.
+
+The objects here are immutable once built and return themselves from `__deepcopy__`: ComfyUI deep-copies
+`model_options` on every `ModelPatcher.clone()`, and the image keys and values must not be copied with it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+
+EMBEDS_SCALING = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
+PENALTY_WIDTH = 1280  # sites this wide get the full weight under the "C penalty" modes
+
+SiteKey = tuple  # ("input" | "middle" | "output", block id, transformer block index)
+Attention = Callable[..., torch.Tensor]  # ComfyUI's optimized_attention(q, k, v, heads, **kw)
+
+
+@dataclass(frozen=True)
+class SiteKV:
+    """Image keys and values of one adapter at one site, for the cond and uncond sides: [tokens, width]."""
+
+    k_cond: torch.Tensor
+    v_cond: torch.Tensor
+    k_uncond: torch.Tensor
+    v_uncond: torch.Tensor
+
+    def to(self, device, dtype) -> "SiteKV":
+        return SiteKV(*(t.to(device=device, dtype=dtype) for t in (self.k_cond, self.v_cond, self.k_uncond,
+                                                                    self.v_uncond)))
+
+
+def scale_keys_values(k: torch.Tensor, v: torch.Tensor, weight: float, width: int, scaling: str):
+    """Fold the site weight into K and V. All modes are exact rewrites of weighting the attention output
+    (V only) or documented variants that also change the attention pattern."""
+    if scaling == "V only":
+        return k, v * weight
+    if scaling == "K+V":
+        return k * weight, v * weight
+    penalised = weight * width / PENALTY_WIDTH
+    if scaling == "K+V w/ C penalty":
+        return k * penalised, v * penalised
+    if scaling == "K+mean(V) w/ C penalty":
+        mean = v.mean(dim=-2, keepdim=True)
+        return k * penalised, (v - mean) + mean * penalised
+    raise InputError(f"embeds_scaling `{scaling}` is not one of: {', '.join(EMBEDS_SCALING)}.")
+
+
+def site_keys_values(cond_tokens: torch.Tensor, uncond_tokens: torch.Tensor, w_k: torch.Tensor,
+                     w_v: torch.Tensor, weight: float, scaling: str) -> SiteKV:
+    """K/V for one site in float32. Tokens are [n, C] (references already concatenated)."""
+    w_k, w_v = w_k.float(), w_v.float()
+    pairs = []
+    for tokens in (cond_tokens, uncond_tokens):
+        k, v = F.linear(tokens.float(), w_k), F.linear(tokens.float(), w_v)
+        pairs.extend(scale_keys_values(k, v, weight, w_k.shape[0], scaling))
+    return SiteKV(*(t.detach().cpu() for t in pairs))
+
+
+def token_grid(tokens: int, activations_shape: Sequence[int] | None, latent_shape: Sequence[int] | None):
+    """(h, w) of the site's token grid."""
+    if activations_shape is not None and len(activations_shape) >= 4:
+        h, w = int(activations_shape[-2]), int(activations_shape[-1])
+        if h * w == tokens:
+            return h, w
+    if latent_shape is not None and len(latent_shape) >= 4:
+        lh, lw = int(latent_shape[-2]), int(latent_shape[-1])
+        for down in range(0, 8):
+            h, w = math.ceil(lh / 2 ** down), math.ceil(lw / 2 ** down)
+            if h * w == tokens:
+                return h, w
+        h = max(1, round(math.sqrt(tokens * lh / lw)))
+        return h, math.ceil(tokens / h)
+    h = max(1, int(math.sqrt(tokens)))
+    return h, math.ceil(tokens / h)
+
+
+def resize_mask(mask: torch.Tensor, h: int, w: int, tokens: int) -> torch.Tensor:
+    """[M, H, W] mask -> [M, tokens, 1] on the site's grid (bilinear; padded or cut if the grid is not exact)."""
+    m = F.interpolate(mask[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)
+    m = m.reshape(mask.shape[0], h * w)
+    if h * w < tokens:
+        m = torch.cat([m, m[:, -1:].expand(-1, tokens - h * w)], dim=1)
+    return m[:, :tokens, None]
+
+
+class ImagePrompt:
+    """One applied adapter: its K/V per site, active window (in sigmas) and optional attention mask."""
+
+    def __init__(self, site_kv: Mapping[SiteKey, SiteKV], sigma_start: float, sigma_end: float,
+                 mask: torch.Tensor | None = None, label: str = ""):
+        self.site_kv = dict(site_kv)
+        self.sigma_start, self.sigma_end = float(sigma_start), float(sigma_end)
+        self.mask = None if mask is None else mask.detach().float().cpu()
+        self.label = label
+        self._lock = threading.Lock()
+        self._placed: tuple | None = None  # ((device, dtype), {key: SiteKV})
+        self._batched: dict = {}
+        self._window: tuple | None = None  # (sigmas tensor, active?)
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def is_active(self, extra: Mapping) -> bool:
+        sigmas = extra.get("sigmas")
+        if sigmas is None:
+            return True
+        window = self._window
+        if window is not None and window[0] is sigmas:
+            return window[1]
+        s = float(sigmas.reshape(-1)[0])
+        active = self.sigma_start >= s >= self.sigma_end
+        self._window = (sigmas, active)
+        return active
+
+    def kv_on(self, key: SiteKey, device, dtype) -> SiteKV:
+        placed = self._placed
+        if placed is None or placed[0] != (device, dtype):
+            with self._lock:
+                placed = self._placed
+                if placed is None or placed[0] != (device, dtype):
+                    placed = ((device, dtype), {k: kv.to(device, dtype) for k, kv in self.site_kv.items()})
+                    self._placed = placed
+                    self._batched = {}
+        return placed[1][key]
+
+    def release(self) -> None:
+        """Drop device copies (the model went back to its offload device)."""
+        with self._lock:
+            self._placed, self._batched = None, {}
+
+    def batched(self, key: SiteKey, q: torch.Tensor, extra: Mapping):
+        """K, V and mask laid out along q's batch: rows follow `cond_or_uncond` (0 = cond, 1 = uncond)."""
+        chunks = tuple(extra.get("cond_or_uncond") or (0,))
+        batch, tokens = q.shape[0], q.shape[1]
+        cache_key = (key, chunks, batch, tokens, q.device, q.dtype)
+        hit = self._batched.get(cache_key)
+        if hit is not None:
+            return hit
+        kv = self.kv_on(key, q.device, q.dtype)
+        if batch % len(chunks):
+            raise InputError(f"a batch of {batch} rows cannot be split into the {len(chunks)} cond/uncond chunks.")
+        per = batch // len(chunks)
+        ks = [(kv.k_uncond if c == 1 else kv.k_cond).expand(per, -1, -1) for c in chunks]
+        vs = [(kv.v_uncond if c == 1 else kv.v_cond).expand(per, -1, -1) for c in chunks]
+        k, v = torch.cat(ks).contiguous(), torch.cat(vs).contiguous()
+        mask = None
+        if self.mask is not None:
+            h, w = token_grid(tokens, extra.get("activations_shape"), extra.get("original_shape"))
+            site_mask = resize_mask(self.mask, h, w, tokens).to(q.device, q.dtype)
+            rows = torch.arange(per).clamp(max=site_mask.shape[0] - 1)  # latent i uses mask i (last repeats)
+            mask = site_mask[rows].repeat(len(chunks), 1, 1)
+        hit = (k, v, mask)
+        if len(self._batched) > 256:
+            self._batched = {}
+        self._batched[cache_key] = hit
+        return hit
+
+    def contribution(self, key: SiteKey, q: torch.Tensor, extra: Mapping, attention: Attention) -> torch.Tensor | None:
+        if key not in self.site_kv or not self.is_active(extra):
+            return None
+        k, v, mask = self.batched(key, q, extra)
+        out = attention(q, k, v, extra["n_heads"], attn_precision=extra.get("attn_precision"),
+                        transformer_options=extra)
+        return out if mask is None else out * mask
+
+
+class DecoupledCrossAttention:
+    """The attn2 replace for one site: text attention (or a replace another pack installed first) plus the
+    contribution of every ImagePrompt applied to this model, in the order applied."""
+
+    def __init__(self, key: SiteKey, prompts: Sequence[ImagePrompt], attention: Attention,
+                 base: Callable | None = None):
+        self.key = key
+        self.prompts = tuple(prompts)
+        self.attention = attention
+        self.base = base
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def stacked(self, prompt: ImagePrompt) -> "DecoupledCrossAttention":
+        return DecoupledCrossAttention(self.key, self.prompts + (prompt,), self.attention, self.base)
+
+    def to(self, device_or_dtype):
+        # ComfyUI calls this when the model is loaded (device, then dtype) and offloaded; device copies of
+        # K/V are made lazily on first use in a run, so only an offload needs handling here.
+        if isinstance(device_or_dtype, (str, torch.device)) and torch.device(device_or_dtype).type == "cpu":
+            for p in self.prompts:
+                if p._placed is not None and p._placed[0][0].type != "cpu":
+                    p.release()
+        return self
+
+    def __call__(self, q, k, v, extra):
+        if self.base is not None:
+            out = self.base(q, k, v, extra)
+        else:
+            out = self.attention(q, k, v, extra["n_heads"], attn_precision=extra.get("attn_precision"),
+                                 transformer_options=extra)
+        for prompt in self.prompts:
+            extra_out = prompt.contribution(self.key, q, extra, self.attention)
+            if extra_out is not None:
+                out = out + extra_out
+        return out

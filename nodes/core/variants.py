@@ -1,0 +1,300 @@
+"""The one table of adapter families, and detection of a checkpoint's family from its weights alone.
+
+Detection reads key names and tensor shapes (a safetensors header or meta tensors are enough), never file
+names. Everything else that needs a variant's facts (error messages, docs, the loader's summary) reads
+them from here.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from .errors import AdapterFileError
+
+
+class Feature(enum.Enum):
+    """Which encoder output an adapter's projection eats."""
+
+    IMAGE_EMBEDS = "image_embeds"  # pooled, projected CLIP embedding [E]
+    PENULTIMATE = "penultimate"  # CLIP hidden states of the second-to-last layer [S, E]
+    FACE_ID = "face_id"  # insightface identity embedding [512]
+    FACE_ID_AND_PENULTIMATE = "face_id+penultimate"
+
+
+class Layout(enum.Enum):
+    """How the `image_proj` group is built."""
+
+    LINEAR = "linear"  # Linear -> reshape to T tokens -> LayerNorm
+    RESAMPLER = "resampler"  # Perceiver resampler with learned latents
+    MLP_PER_TOKEN = "mlp"  # Linear, GELU, Linear, LayerNorm on each encoder token (full-face)
+    FACEID_MLP = "faceid-mlp"  # Linear, GELU, Linear -> reshape -> LayerNorm, from a 512-d identity
+    FACEID_PLUS = "faceid-plus"  # FaceID MLP tokens refined by a perceiver over CLIP features
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """A CLIP vision encoder, identified by its widths."""
+
+    name: str
+    hidden_width: int  # width of hidden states (penultimate)
+    embed_width: int  # width of the projected image embedding
+    file_hint: str  # the file users usually have in models/clip_vision
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.hidden_width}-wide hidden states, {self.embed_width}-wide image embeds)"
+
+
+ENCODERS: tuple[Encoder, ...] = (
+    Encoder("ViT-H/14", 1280, 1024, "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"),
+    Encoder("ViT-bigG/14", 1664, 1280, "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors"),
+    Encoder("ViT-L/14", 1024, 768, "clip-vit-large-patch14.safetensors"),
+)
+
+
+def encoder_by_width(width: int, feature: Feature) -> Encoder | None:
+    """The known encoder whose `feature` output has this width."""
+    for enc in ENCODERS:
+        w = enc.embed_width if feature is Feature.IMAGE_EMBEDS else enc.hidden_width
+        if w == width:
+            return enc
+    return None
+
+
+def encoder_by_widths(hidden_width: int, embed_width: int) -> Encoder | None:
+    for enc in ENCODERS:
+        if enc.hidden_width == hidden_width and enc.embed_width == embed_width:
+            return enc
+    return None
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    context_width: int
+    sites: int
+
+
+FAMILIES: tuple[ModelFamily, ...] = (
+    ModelFamily("SD1.5", 768, 16),
+    ModelFamily("SDXL", 2048, 70),
+)
+
+
+def family_name(context_width: int, sites: int | None = None) -> str:
+    for fam in FAMILIES:
+        if fam.context_width == context_width and (sites is None or fam.sites == sites):
+            return fam.name
+    return f"a {context_width}-wide-context model" + (f" with {sites} cross-attention sites" if sites else "")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the table: an adapter family as published."""
+
+    key: str
+    title: str
+    layout: Layout
+    feature: Feature
+    family: str  # "SD1.5" / "SDXL"
+    input_width: int  # width of the projection input (E)
+    tokens: int  # image tokens per reference
+    files: tuple[str, ...]  # official files with exactly this layout
+    faceid: bool = False
+    note: str = ""
+
+
+_H, _G = 1280, 1664  # hidden widths (ViT-H, ViT-bigG)
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("sd15", "Standard", Layout.LINEAR, Feature.IMAGE_EMBEDS, "SD1.5", 1024, 4,
+            ("ip-adapter_sd15.safetensors", "ip-adapter_sd15_light_v11.bin", "ip-adapter_sd15_light.safetensors"),
+            note="the light model has the same layout; it is weaker by training, not by structure"),
+    Variant("sd15-vit-g", "Standard (ViT-bigG)", Layout.LINEAR, Feature.IMAGE_EMBEDS, "SD1.5", 1280, 4,
+            ("ip-adapter_sd15_vit-G.safetensors",)),
+    Variant("sd15-plus", "Plus", Layout.RESAMPLER, Feature.PENULTIMATE, "SD1.5", _H, 16,
+            ("ip-adapter-plus_sd15.safetensors", "ip-adapter-plus-face_sd15.safetensors",
+             "ip_plus_composition_sd15.safetensors"),
+            note="plus, plus-face and composition share this layout; they differ by training"),
+    Variant("sd15-full-face", "Full face", Layout.MLP_PER_TOKEN, Feature.PENULTIMATE, "SD1.5", _H, 257,
+            ("ip-adapter-full-face_sd15.safetensors",)),
+    Variant("sdxl", "Standard (ViT-bigG)", Layout.LINEAR, Feature.IMAGE_EMBEDS, "SDXL", 1280, 4,
+            ("ip-adapter_sdxl.safetensors",)),
+    Variant("sdxl-vit-h", "Standard (ViT-H)", Layout.LINEAR, Feature.IMAGE_EMBEDS, "SDXL", 1024, 4,
+            ("ip-adapter_sdxl_vit-h.safetensors",)),
+    Variant("sdxl-plus", "Plus", Layout.RESAMPLER, Feature.PENULTIMATE, "SDXL", _H, 16,
+            ("ip-adapter-plus_sdxl_vit-h.safetensors", "ip-adapter-plus-face_sdxl_vit-h.safetensors",
+             "ip_plus_composition_sdxl.safetensors"),
+            note="plus, plus-face and composition share this layout; they differ by training"),
+    # FaceID families: recognised here, used through the FaceID nodes.
+    Variant("sd15-faceid", "FaceID", Layout.FACEID_MLP, Feature.FACE_ID, "SD1.5", 512, 4,
+            ("ip-adapter-faceid_sd15.bin",), faceid=True),
+    Variant("sd15-faceid-plus", "FaceID Plus / Plus v2", Layout.FACEID_PLUS, Feature.FACE_ID_AND_PENULTIMATE,
+            "SD1.5", 512, 4, ("ip-adapter-faceid-plusv2_sd15.bin", "ip-adapter-faceid-plus_sd15.bin"), faceid=True,
+            note="Plus v1 and v2 share one layout; only the shortcut at run time differs"),
+    Variant("sd15-faceid-portrait", "FaceID Portrait", Layout.FACEID_MLP, Feature.FACE_ID, "SD1.5", 512, 16,
+            ("ip-adapter-faceid-portrait-v11_sd15.bin", "ip-adapter-faceid-portrait_sd15.bin"), faceid=True),
+    Variant("sdxl-faceid", "FaceID", Layout.FACEID_MLP, Feature.FACE_ID, "SDXL", 512, 4,
+            ("ip-adapter-faceid_sdxl.bin",), faceid=True),
+    Variant("sdxl-faceid-plus", "FaceID Plus v2", Layout.FACEID_PLUS, Feature.FACE_ID_AND_PENULTIMATE,
+            "SDXL", 512, 4, ("ip-adapter-faceid-plusv2_sdxl.bin",), faceid=True),
+    Variant("sdxl-faceid-portrait", "FaceID Portrait", Layout.FACEID_MLP, Feature.FACE_ID, "SDXL", 512, 16,
+            ("ip-adapter-faceid-portrait_sdxl.bin",), faceid=True),
+    Variant("sdxl-faceid-portrait-unnorm", "FaceID Portrait (unnorm)", Layout.RESAMPLER, Feature.FACE_ID,
+            "SDXL", 512, 16, ("ip-adapter-faceid-portrait_sdxl_unnorm.bin",), faceid=True,
+            note="takes the raw, un-normalised identity embedding"),
+)
+
+
+@dataclass(frozen=True)
+class Detected:
+    """What a checkpoint is, read from its shapes."""
+
+    layout: Layout
+    feature: Feature
+    input_width: int  # E
+    context_width: int  # C: width of image tokens and of the model's cross-attention context
+    tokens: int  # image tokens per reference
+    layer_ids: tuple[int, ...]  # checkpoint ids of the to_k_ip/to_v_ip pairs, sorted
+    layer_widths: tuple[int, ...]  # inner width of each of those layers
+    has_lora: bool
+    variant: Variant | None  # the official row, when one matches
+
+    @property
+    def family(self) -> str:
+        return family_name(self.context_width, len(self.layer_ids))
+
+    @property
+    def faceid(self) -> bool:
+        return self.feature in (Feature.FACE_ID, Feature.FACE_ID_AND_PENULTIMATE)
+
+    @property
+    def encoder(self) -> Encoder | None:
+        """The CLIP encoder this adapter needs, when it needs one."""
+        if self.feature is Feature.IMAGE_EMBEDS:
+            return encoder_by_width(self.input_width, Feature.IMAGE_EMBEDS)
+        if self.feature in (Feature.PENULTIMATE,):
+            return encoder_by_width(self.input_width, Feature.PENULTIMATE)
+        if self.feature is Feature.FACE_ID_AND_PENULTIMATE:
+            return ENCODERS[0]
+        return None
+
+    def encoder_requirement(self) -> str:
+        """Words for the encoder this adapter needs."""
+        enc = self.encoder
+        what = "image embeds" if self.feature is Feature.IMAGE_EMBEDS else "hidden states"
+        if enc is not None:
+            return f"a {enc.name} image encoder ({self.input_width}-wide {what}), e.g. {enc.file_hint}"
+        return f"an image encoder with {self.input_width}-wide {what}"
+
+    def summary(self) -> str:
+        title = self.variant.title if self.variant else f"unlisted {self.layout.value} adapter"
+        parts = [f"{title} for {self.family}", f"{self.tokens} tokens per reference"]
+        if self.faceid:
+            parts.append("identity embedding input (use the FaceID nodes)")
+        else:
+            parts.append(f"needs {self.encoder_requirement()}")
+        if self.variant and len(self.variant.files) > 1:
+            parts.append("same layout as " + ", ".join(self.variant.files))
+        if self.variant and self.variant.note:
+            parts.append(self.variant.note)
+        return "; ".join(parts)
+
+
+_KV_KEY = re.compile(r"^ip_adapter\.(\d+)\.to_([kv])_ip\.weight$")
+
+
+def _shape(shapes: Mapping[str, Sequence[int]], key: str) -> tuple[int, ...] | None:
+    s = shapes.get(key)
+    return None if s is None else tuple(int(d) for d in s)
+
+
+def detect(shapes: Mapping[str, Sequence[int]], source: str) -> Detected:
+    """Detect an adapter from `{"image_proj.<k>" | "ip_adapter.<k>": shape}`.
+
+    `source` names the file in messages.
+    """
+    kv: dict[int, dict[str, tuple[int, ...]]] = {}
+    for key, shape in shapes.items():
+        m = _KV_KEY.match(key)
+        if m:
+            kv.setdefault(int(m.group(1)), {})[m.group(2)] = tuple(int(d) for d in shape)
+    proj_keys = sorted(k for k in shapes if k.startswith("image_proj."))
+    if not kv or not proj_keys:
+        found = ", ".join(sorted({k.split(".")[0] for k in shapes})[:6]) or "no tensors"
+        raise AdapterFileError(
+            f"`{source}` is not an IP-Adapter file: expected tensor groups `image_proj.*` and "
+            f"`ip_adapter.<n>.to_k_ip.weight`, found {found} ({len(shapes)} tensors). "
+            "Put IP-Adapter files (e.g. ip-adapter_sd15.safetensors from h94/IP-Adapter) in models/ipadapter.")
+    layer_ids = tuple(sorted(kv))
+    widths, contexts = [], set()
+    for i in layer_ids:
+        pair = kv[i]
+        if "k" not in pair or "v" not in pair or pair["k"] != pair["v"] or len(pair["k"]) != 2:
+            raise AdapterFileError(
+                f"`{source}`: layer {i} should have matching 2-D to_k_ip/to_v_ip weights, found {pair}. "
+                "The file is damaged or not an IP-Adapter; download it again.")
+        widths.append(pair["k"][0])
+        contexts.add(pair["k"][1])
+    if len(contexts) != 1:
+        raise AdapterFileError(f"`{source}`: to_k_ip weights disagree on the context width ({sorted(contexts)}).")
+    context = contexts.pop()
+    has_lora = any(".to_q_lora." in k for k in shapes)
+
+    def s(k):
+        return _shape(shapes, "image_proj." + k)
+
+    if s("perceiver_resampler.proj_in.weight") is not None:
+        layout, feature = Layout.FACEID_PLUS, Feature.FACE_ID_AND_PENULTIMATE
+        input_width = s("proj.0.weight")[1]
+        tokens = s("proj.2.weight")[0] // s("norm.weight")[0]
+    elif s("latents") is not None:
+        layout = Layout.RESAMPLER
+        input_width = s("proj_in.weight")[1]
+        tokens = s("latents")[1]
+        feature = Feature.FACE_ID if input_width == 512 else Feature.PENULTIMATE
+    elif s("proj.3.weight") is not None:
+        layout, feature = Layout.MLP_PER_TOKEN, Feature.PENULTIMATE
+        input_width = s("proj.0.weight")[1]
+        tokens = 0  # one per encoder token; fixed by the encoder
+    elif s("proj.0.weight") is not None and s("proj.2.weight") is not None and s("norm.weight") is not None:
+        layout, feature = Layout.FACEID_MLP, Feature.FACE_ID
+        input_width = s("proj.0.weight")[1]
+        tokens = s("proj.2.weight")[0] // s("norm.weight")[0]
+    elif s("proj.weight") is not None and s("norm.weight") is not None:
+        layout, feature = Layout.LINEAR, Feature.IMAGE_EMBEDS
+        input_width = s("proj.weight")[1]
+        tokens = s("proj.weight")[0] // s("norm.weight")[0]
+    else:
+        raise AdapterFileError(
+            f"`{source}` has an `image_proj` group of an unknown kind (keys: {', '.join(proj_keys[:8])}). "
+            "Likeness reads the h94 IP-Adapter and IP-Adapter-FaceID families for SD1.5 and SDXL.")
+
+    out_width = _projection_output_width(shapes, layout)
+    if out_width is not None and out_width != context:
+        raise AdapterFileError(
+            f"`{source}`: the projection makes {out_width}-wide tokens but the attention layers expect "
+            f"{context}. The file mixes two adapters or is damaged.")
+    if layout is Layout.MLP_PER_TOKEN:
+        tokens_for_match = 257
+    else:
+        tokens_for_match = tokens
+    fam = family_name(context, len(layer_ids))
+    variant = next((v for v in VARIANTS if v.layout is layout and v.family == fam
+                    and v.input_width == input_width and v.tokens == tokens_for_match
+                    and v.feature is feature), None)
+    return Detected(layout, feature, input_width, context, tokens, layer_ids, tuple(widths), has_lora, variant)
+
+
+def _projection_output_width(shapes, layout: Layout) -> int | None:
+    key = {
+        Layout.LINEAR: "image_proj.norm.weight",
+        Layout.FACEID_MLP: "image_proj.norm.weight",
+        Layout.FACEID_PLUS: "image_proj.norm.weight",
+        Layout.RESAMPLER: "image_proj.proj_out.weight",
+        Layout.MLP_PER_TOKEN: "image_proj.proj.3.weight",
+    }[layout]
+    s = _shape(shapes, key)
+    return None if s is None else s[0]

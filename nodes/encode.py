@@ -1,0 +1,39 @@
+"""LikenessImageEncode: reference images -> encoder features for every image adapter family."""
+
+from __future__ import annotations
+
+from comfy_api.v0_0_2 import io
+
+from . import types
+from .host.encode import CROP_MODES, encode_references
+
+
+class LikenessImageEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LikenessImageEncode",
+            display_name="Likeness Image Encode",
+            category=types.CATEGORY,
+            description="Encodes reference images with a CLIP vision model. A batch of images gives several "
+                        "references; by default their tokens are concatenated, so attention sees them all.",
+            inputs=[
+                io.ClipVision.Input("clip_vision", tooltip="From Load CLIP Vision. Must be the encoder your "
+                                    "adapter needs (the adapter loader says which)."),
+                io.Image.Input("image", tooltip="One or more reference images; each image is one reference."),
+                io.Combo.Input("crop", options=list(CROP_MODES), default="center",
+                               tooltip="center: crop the middle square. pad: add borders in the encoder's mean "
+                                       "colour to keep the whole image. squash: resize to a square."),
+                io.Float.Input("sharpen", default=0.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="Unsharp-mask strength before encoding; helps small details survive the "
+                                       "224 px encoder input."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Optional: only the white area of each reference is seen; the rest is "
+                                      "replaced by neutral grey."),
+            ],
+            outputs=[types.References.Output(display_name="references")],
+        )
+
+    @classmethod
+    def execute(cls, clip_vision, image, crop, sharpen, mask=None) -> io.NodeOutput:
+        return io.NodeOutput(encode_references(clip_vision, image, crop, sharpen, mask))

@@ -1,0 +1,1 @@
+"""The only part of Likeness that touches `comfy.*`: folders, sites, patching, encoding."""

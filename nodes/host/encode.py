@@ -1,0 +1,85 @@
+"""Encoding reference images with a ComfyUI CLIP vision model into References."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import comfy.model_management
+import comfy.utils
+
+from ..core.errors import InputError
+from ..core.references import EncoderInfo, References
+
+CROP_MODES = ("center", "pad", "squash")
+
+
+def _encoder_mean(clip_vision, device, dtype) -> torch.Tensor:
+    mean = getattr(clip_vision, "image_mean", [0.48145466, 0.4578275, 0.40821073])
+    return torch.tensor(mean, device=device, dtype=dtype)
+
+
+def prepare_images(image: torch.Tensor, crop: str, sharpen: float, mask: torch.Tensor | None,
+                   mean: torch.Tensor) -> torch.Tensor:
+    """IMAGE [B,H,W,C] -> RGB [B,H',W',3]: masked-out areas and padding take the encoder's mean colour, so they
+    normalise to zero (no signal) rather than to black."""
+    if image.ndim != 4 or image.shape[0] == 0:
+        raise InputError(f"image should be a non-empty IMAGE batch [batch, height, width, channels]; "
+                         f"got shape {tuple(image.shape)}.")
+    if image.shape[-1] == 1:
+        image = image.expand(-1, -1, -1, 3)
+    image = image[..., :3].float()
+    if sharpen > 0:
+        image = sharpen_images(image, sharpen)
+    if mask is not None:
+        if mask.ndim == 2:
+            mask = mask[None]
+        m = F.interpolate(mask[:, None].float(), size=image.shape[1:3], mode="bilinear", align_corners=False)
+        m = m.movedim(1, -1).to(image.device)
+        rows = torch.arange(image.shape[0]).clamp(max=m.shape[0] - 1)
+        m = m[rows]
+        image = image * m + mean.view(1, 1, 1, 3) * (1 - m)
+    if crop == "pad":
+        h, w = image.shape[1:3]
+        side = max(h, w)
+        canvas = mean.view(1, 1, 1, 3).expand(image.shape[0], side, side, 3).clone()
+        top, left = (side - h) // 2, (side - w) // 2
+        canvas[:, top:top + h, left:left + w] = image
+        image = canvas
+    elif crop not in CROP_MODES:
+        raise InputError(f"crop `{crop}` is not one of: {', '.join(CROP_MODES)}.")
+    return image
+
+
+def sharpen_images(image: torch.Tensor, amount: float) -> torch.Tensor:
+    """Unsharp mask: add `amount` x the difference to a 3x3 box blur (CLIP sees 224 px, so detail helps)."""
+    x = image.movedim(-1, 1)
+    blurred = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return (x + amount * (x - blurred)).clamp(0, 1).movedim(1, -1)
+
+
+def encode_references(clip_vision, image: torch.Tensor, crop: str = "center", sharpen: float = 0.0,
+                      mask: torch.Tensor | None = None, batch_size: int = 0, source: str = "") -> References:
+    image = prepare_images(image, crop, sharpen, mask, _encoder_mean(clip_vision, image.device, torch.float32))
+    n = image.shape[0]
+    step = n if batch_size <= 0 else batch_size
+    bar = comfy.utils.ProgressBar(n)
+    embeds, hidden = [], []
+    for start in range(0, n, step):
+        out = clip_vision.encode_image(image[start:start + step], crop=(crop == "center"))
+        embeds.append(out["image_embeds"].float().cpu())
+        hidden.append(out["penultimate_hidden_states"].float().cpu())
+        bar.update(min(step, n - start))
+    embeds_t, hidden_t = torch.cat(embeds), torch.cat(hidden)
+    return References(EncoderInfo.from_widths(hidden_t.shape[-1], embeds_t.shape[-1], source), embeds_t, hidden_t,
+                      empty_image_features(clip_vision), source)
+
+
+@torch.no_grad()
+def empty_image_features(clip_vision) -> torch.Tensor:
+    """Penultimate features of an all-zero normalised image: the reference uncond for hidden-state adapters."""
+    comfy.model_management.load_model_gpu(clip_vision.patcher)
+    size = getattr(clip_vision, "image_size", 224)
+    pixels = torch.zeros(1, 3, size, size, device=clip_vision.load_device)
+    out = clip_vision.model(pixel_values=pixels, intermediate_output=-2)
+    return out[1].float().cpu()

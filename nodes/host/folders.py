@@ -1,0 +1,35 @@
+"""Model folders: reuse what users already have, honour extra_model_paths.yaml."""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+ADAPTER_EXTENSIONS = {".safetensors", ".bin"}
+
+
+def register_folder(name: str, extensions: set[str]) -> None:
+    """Make sure `name` is a model folder; keep directories extra_model_paths.yaml already added."""
+    default = os.path.join(folder_paths.models_dir, name)
+    current = folder_paths.folder_names_and_paths.get(name)
+    paths = list(current[0]) if current else []
+    if default not in paths:
+        paths.append(default)
+    folder_paths.folder_names_and_paths[name] = (paths, set(extensions))
+
+
+def register_all() -> None:
+    register_folder("ipadapter", ADAPTER_EXTENSIONS)
+
+
+def adapter_files() -> list[str]:
+    return folder_paths.get_filename_list("ipadapter")
+
+
+def adapter_path(name: str) -> str:
+    path = folder_paths.get_full_path("ipadapter", name)
+    if path is None:
+        searched = ", ".join(folder_paths.get_folder_paths("ipadapter"))
+        raise FileNotFoundError(f"adapter `{name}` was not found in the ipadapter folders ({searched}).")
+    return path

@@ -1,0 +1,36 @@
+"""Finding a UNet's cross-attention sites by walking the model, and mapping them to checkpoint layer ids."""
+
+from __future__ import annotations
+
+from comfy.ldm.modules.attention import SpatialTransformer
+
+from ..core.schedules import Site
+
+
+def find_sites(model) -> list[Site]:
+    """Every attn2 of every SpatialTransformer, in h94 checkpoint order (input, output, then middle blocks).
+
+    `model` is a ModelPatcher; nothing is hard-coded about the layout.
+    """
+    unet = model.get_model_object("diffusion_model")
+    groups = [("input", list(getattr(unet, "input_blocks", None) or []))]
+    middle = getattr(unet, "middle_block", None)
+    groups.append(("middle", [middle] if middle is not None else []))
+    groups.append(("output", list(getattr(unet, "output_blocks", None) or [])))
+    found: dict[str, list] = {"input": [], "middle": [], "output": []}
+    transformer = 0
+    for name, blocks in groups:  # execution order, for the transformer ordinal
+        for block_id, block in enumerate(blocks):
+            for layer in block:
+                if not isinstance(layer, SpatialTransformer):
+                    continue
+                for index, tb in enumerate(layer.transformer_blocks):
+                    attn2 = getattr(tb, "attn2", None)
+                    if attn2 is None:
+                        continue
+                    found[name].append((block_id, index, transformer, attn2.to_q.out_features,
+                                        attn2.to_k.in_features))
+                transformer += 1
+    ordered = [(name, row) for name in ("input", "output", "middle") for row in found[name]]
+    return [Site(name, block_id, index, t, transformer, width, context, 2 * n + 1)
+            for n, (name, (block_id, index, t, width, context)) in enumerate(ordered)]

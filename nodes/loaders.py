@@ -1,0 +1,59 @@
+"""LikenessAdapterLoader: an IP-Adapter file from models/ipadapter, its family detected from the weights."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+
+from comfy_api.v0_0_2 import io, ui
+
+from . import types
+from .core.adapter import Adapter, load_adapter
+from .host import folders
+
+log = logging.getLogger(__name__)
+_cache: "weakref.WeakValueDictionary[tuple, Adapter]" = weakref.WeakValueDictionary()
+_cache_lock = threading.Lock()
+
+
+def cached_adapter(path: str) -> Adapter:
+    """One Adapter per file version, shared by every loader node that names it."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+    with _cache_lock:
+        adapter = _cache.get(key)
+        if adapter is None:
+            adapter = load_adapter(path)
+            _cache[key] = adapter
+    return adapter
+
+
+class LikenessAdapterLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LikenessAdapterLoader",
+            display_name="Likeness Adapter Loader",
+            category=f"{types.CATEGORY}/loaders",
+            description="Loads an IP-Adapter file from models/ipadapter. Its family (standard, plus, full face, "
+                        "FaceID...), base model and needed image encoder are read from the weights, not the name.",
+            inputs=[io.Combo.Input("adapter_name", options=folders.adapter_files(),
+                                   tooltip="An IP-Adapter .safetensors (or .bin) file in models/ipadapter.")],
+            outputs=[types.Adapter.Output(display_name="adapter")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, adapter_name):
+        path = folders.adapter_path(adapter_name) if adapter_name in folders.adapter_files() else None
+        if path is None:
+            return adapter_name
+        st = os.stat(path)
+        return (adapter_name, st.st_mtime_ns, st.st_size)
+
+    @classmethod
+    def execute(cls, adapter_name) -> io.NodeOutput:
+        adapter = cached_adapter(folders.adapter_path(adapter_name))
+        log.info("Likeness: %s", adapter.describe())
+        return io.NodeOutput(adapter, ui=ui.PreviewText(adapter.detected.summary()))

@@ -1,0 +1,9 @@
+"""Socket types of Likeness. Each carries one frozen dataclass from nodes/core."""
+
+from comfy_api.v0_0_2 import io
+
+Adapter = io.Custom("LIKENESS_ADAPTER")  # core.adapter.Adapter
+References = io.Custom("LIKENESS_REFS")  # core.references.References
+Tokens = io.Custom("LIKENESS_TOKENS")  # core.references.ImageTokens
+
+CATEGORY = "Likeness"
