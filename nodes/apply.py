@@ -9,7 +9,7 @@ from . import types
 from .core.apply import build_image_prompt
 from .core.attention import EMBEDS_SCALING
 from .core.references import project_references
-from .core.schedules import WEIGHT_TYPES
+from .core.schedules import WEIGHT_TYPES, window_problem
 from .host.encode import encode_references
 from .host.patch import install, sigma_window
 from .host.sites import find_sites
@@ -32,12 +32,7 @@ def _window_inputs():
 
 
 def _check_window(start_at, end_at):
-    for name, value in (("start_at", start_at), ("end_at", end_at)):
-        if value is not None and not 0.0 <= value <= 1.0:
-            return f"{name} must be between 0 and 1; got {value}."
-    if start_at is not None and end_at is not None and start_at > end_at:
-        return f"start_at ({start_at}) is after end_at ({end_at}); the adapter would never act. Set start_at <= end_at."
-    return True
+    return window_problem(start_at, end_at) or True
 
 
 def apply_tokens(model, adapter, tokens, weight, weight_type="linear", start_at=0.0, end_at=1.0,
@@ -56,8 +51,9 @@ class LikenessApply(io.ComfyNode):
             node_id="LikenessApply",
             display_name="Likeness Apply",
             category=types.CATEGORY,
-            description="Adds the image prompt to every cross-attention site of a copy of the MODEL. The MODEL you "
-                        "connect is not changed. Chain several Apply nodes to combine adapters.",
+            description="Adds the image prompt to the cross-attention sites of a copy of the MODEL (all of them "
+                        "for linear; those the weight type selects otherwise). The MODEL you connect is not "
+                        "changed. Chain several Apply nodes to combine adapters.",
             inputs=[
                 io.Model.Input("model", tooltip="An SD1.5 or SDXL model (or a fine-tune) matching the adapter."),
                 types.Adapter.Input("adapter", tooltip="The same adapter that made the tokens."),

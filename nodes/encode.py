@@ -16,7 +16,8 @@ class LikenessImageEncode(io.ComfyNode):
             display_name="Likeness Image Encode",
             category=types.CATEGORY,
             description="Encodes reference images with a CLIP vision model. A batch of images gives several "
-                        "references; by default their tokens are concatenated, so attention sees them all.",
+                        "references; their tokens are concatenated, so attention sees them all (Likeness Merge "
+                        "References offers averaging and other modes).",
             inputs=[
                 io.ClipVision.Input("clip_vision", tooltip="From Load CLIP Vision. Must be the encoder your "
                                     "adapter needs (the adapter loader says which)."),

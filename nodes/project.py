@@ -24,8 +24,9 @@ class LikenessProject(io.ComfyNode):
                 types.References.Input("negative", optional=True,
                                        tooltip="Optional references for the uncond side. Without it the reference "
                                                "implementation's choice is used: zero embeddings for standard "
-                                               "adapters, the features of a neutral grey image for plus and full "
-                                               "face."),
+                                               "adapters, the features of an image in the encoder's mean colour "
+                                               "(all zero after normalisation) for plus, full face and "
+                                               "composition."),
             ],
             outputs=[types.Tokens.Output(display_name="tokens")],
         )

@@ -37,7 +37,7 @@ def test_wrong_encoder_names_what_is_needed(models_dir):
 def test_vit_h_adapter_with_vit_bigg_encoder_message():
     det = variants.detect(builders.official_shapes("ip-adapter-plus_sdxl_vit-h.safetensors"), "plus.safetensors")
     adapter = adapter_mod.Adapter("ip-adapter-plus_sdxl_vit-h.safetensors", det, torch.nn.Identity(), {})
-    refs = pack("nodes.core.references").References(
+    refs = pack("nodes.core.references").References.from_images(
         pack("nodes.core.references").EncoderInfo.from_widths(1664, 1280), torch.zeros(1, 1280),
         torch.zeros(1, 257, 1664), torch.zeros(1, 257, 1664), source="CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors")
     with pytest.raises(errors.IncompatibleError) as e:
@@ -107,7 +107,7 @@ def test_empty_image_batch():
 def test_faceid_adapter_on_the_image_path_says_where_to_go(tmp_path):
     det = variants.detect(builders.official_shapes("ip-adapter-faceid_sd15.bin"), "ip-adapter-faceid_sd15.bin")
     adapter = adapter_mod.Adapter("ip-adapter-faceid_sd15.bin", det, torch.nn.Identity(), {})
-    refs = pack("nodes.core.references").References(
+    refs = pack("nodes.core.references").References.from_images(
         pack("nodes.core.references").EncoderInfo.from_widths(1280, 1024), torch.zeros(1, 1024),
         torch.zeros(1, 257, 1280), torch.zeros(1, 257, 1280))
     with pytest.raises(errors.IncompatibleError, match="FaceID nodes"):

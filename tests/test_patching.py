@@ -31,7 +31,7 @@ def make_adapter(tmp_path, kind="sd15", layout="linear", seed=0, name=None):
 
 def make_refs(n=1, seed=0, hidden=64, embed=32, tokens=17):
     gen = torch.Generator().manual_seed(seed)
-    return references.References(references.EncoderInfo.from_widths(hidden, embed),
+    return references.References.from_images(references.EncoderInfo.from_widths(hidden, embed),
                                  torch.randn(n, embed, generator=gen), torch.randn(n, tokens, hidden, generator=gen),
                                  torch.randn(1, tokens, hidden, generator=gen))
 

@@ -39,7 +39,8 @@ def check_adapter_fits(adapter: Adapter, sites: Sequence[Site], model_name: str 
 def check_tokens_fit(adapter: Adapter, tokens: ImageTokens) -> None:
     det = adapter.detected
     expected = det.tokens or tokens.tokens_per_reference  # per-token MLP: one per encoder token
-    if tokens.context_width != det.context_width or tokens.tokens_per_reference != expected:
+    if (tokens.adapter_name != adapter.name or tokens.context_width != det.context_width
+            or tokens.tokens_per_reference != expected):
         raise IncompatibleError(
             f"the image tokens were made by adapter `{tokens.adapter_name}` ({tokens.tokens_per_reference} tokens "
             f"per reference, {tokens.context_width} wide) but Apply got adapter `{adapter.name}`, which expects "

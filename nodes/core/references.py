@@ -30,8 +30,8 @@ class EncoderInfo:
 
 
 @dataclass(frozen=True, eq=False)
-class References:
-    """N encoded reference images and the encoder features every image adapter family needs."""
+class ImageFeatures:
+    """CLIP vision features of N images: everything any image adapter family eats."""
 
     encoder: EncoderInfo
     image_embeds: torch.Tensor  # [N, embed_width]
@@ -39,16 +39,53 @@ class References:
     empty_penultimate: torch.Tensor  # [1, S, hidden_width]: features of an all-zero normalised image
     source: str = ""  # encoder file name, for messages
 
+    @property
+    def count(self) -> int:
+        return self.image_embeds.shape[0]
+
+
+@dataclass(frozen=True, eq=False)
+class FaceIdentity:
+    """Identity embeddings of N faces, and the face model that made them."""
+
+    model: str  # face model pack, e.g. "buffalo_l"
+    normed: torch.Tensor  # [N, 512], L2-normalised
+    raw: torch.Tensor  # [N, 512], as the recogniser gave it
+
+    @property
+    def count(self) -> int:
+        return self.normed.shape[0]
+
+
+@dataclass(frozen=True, eq=False)
+class References:
+    """N references. Image references carry CLIP features; face references carry identities and, for the
+    Plus variants, CLIP features of the aligned face crops (row i of both describes reference i)."""
+
+    image: ImageFeatures | None = None
+    face: FaceIdentity | None = None
+
     def __post_init__(self):
-        if self.image_embeds.shape[0] == 0:
+        parts = [p for p in (self.image, self.face) if p is not None]
+        if not parts:
+            raise InputError("no references: neither image features nor face identities were given.")
+        if any(p.count == 0 for p in parts):
             raise InputError("no reference images: the image batch is empty.")
+        if len({p.count for p in parts}) != 1:
+            raise InputError(f"face identities ({self.face.count}) and face crop features ({self.image.count}) "
+                             "do not describe the same references.")
 
     def __deepcopy__(self, memo):
         return self
 
+    @classmethod
+    def from_images(cls, encoder: EncoderInfo, image_embeds, penultimate, empty_penultimate,
+                    source: str = "") -> "References":
+        return cls(image=ImageFeatures(encoder, image_embeds, penultimate, empty_penultimate, source))
+
     @property
     def count(self) -> int:
-        return self.image_embeds.shape[0]
+        return (self.image or self.face).count
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,18 +107,24 @@ class ImageTokens:
         return self.cond.reshape(-1, c), self.uncond.reshape(-1, c)
 
 
-def _check_encoder(adapter: Adapter, refs: References, role: str) -> None:
+def _image_features(adapter: Adapter, refs: References, role: str) -> ImageFeatures:
     det = adapter.detected
-    if det.feature is Feature.IMAGE_EMBEDS:
-        have, kind = refs.encoder.embed_width, "image embeds"
-    else:
-        have, kind = refs.encoder.hidden_width, "hidden states"
-    if have != det.input_width:
-        src = f" (`{refs.source}`)" if refs.source else ""
+    feats = refs.image
+    if feats is None:
         raise IncompatibleError(
-            f"adapter `{adapter.name}` needs {det.encoder_requirement()}; the {role} references were encoded "
-            f"with {refs.encoder.describe()}{src}, which gives {have}-wide {kind}. Load the matching encoder "
+            f"adapter `{adapter.name}` reads CLIP image features, but the {role} are face identities "
+            "only. Encode the images with Likeness Image Encode.")
+    if det.feature is Feature.IMAGE_EMBEDS:
+        have, kind = feats.encoder.embed_width, "image embeds"
+    else:
+        have, kind = feats.encoder.hidden_width, "hidden states"
+    if have != det.input_width:
+        src = f" (`{feats.source}`)" if feats.source else ""
+        raise IncompatibleError(
+            f"adapter `{adapter.name}` needs {det.encoder_requirement()}; the {role} were encoded "
+            f"with {feats.encoder.describe()}{src}, which gives {have}-wide {kind}. Load the matching encoder "
             "in a Load CLIP Vision node (models/clip_vision).")
+    return feats
 
 
 def _match_count(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -106,18 +149,16 @@ def project_references(adapter: Adapter, refs: References, negative: References 
             f"adapter `{adapter.name}` is a {det.summary().split(';')[0]} adapter: it reads identity embeddings "
             "from faces, not CLIP image features. Use the Likeness FaceID nodes with it, or load an image "
             "adapter such as ip-adapter_sd15.safetensors.")
-    _check_encoder(adapter, refs, "reference")
-    if negative is not None:
-        _check_encoder(adapter, negative, "negative")
+    feats = _image_features(adapter, refs, "references")
+    neg = None if negative is None else _image_features(adapter, negative, "negative references")
     device = device or torch.device("cpu")
-    n = refs.count
+    n = feats.count
     if det.feature is Feature.IMAGE_EMBEDS:
-        cond_in = refs.image_embeds
-        uncond_in = torch.zeros_like(cond_in) if negative is None else _match_count(negative.image_embeds, n)
+        cond_in = feats.image_embeds
+        uncond_in = torch.zeros_like(cond_in) if neg is None else _match_count(neg.image_embeds, n)
     else:
-        cond_in = refs.penultimate
-        uncond_src = refs.empty_penultimate if negative is None else negative.penultimate
-        uncond_in = _match_count(uncond_src, n)
+        cond_in = feats.penultimate
+        uncond_in = _match_count(feats.empty_penultimate if neg is None else neg.penultimate, n)
     proj = adapter.projection.to(device)
     try:
         cond = proj(cond_in.to(device, torch.float32)).float().cpu()

@@ -109,3 +109,14 @@ def site_weights(sites: Sequence[Site], weight: float, weight_type: str) -> dict
         raise InputError(f"weight_type `{weight_type}` is not one of: {', '.join(WEIGHT_TYPES)}.")
     roles = roles_for(sites)
     return {s.key: weight * rule(s, roles) for s in sites}
+
+
+def window_problem(start_at: float | None, end_at: float | None) -> str | None:
+    """Why a start/end pair (fractions of the schedule) is unusable, or None. Unknown (linked) values pass."""
+    for name, value in (("start_at", start_at), ("end_at", end_at)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            return f"{name} must be between 0 and 1; got {value}."
+    if start_at is not None and end_at is not None and start_at > end_at:
+        return (f"start_at ({start_at}) is after end_at ({end_at}); the adapter would never be active. "
+                "Set start_at <= end_at.")
+    return None

@@ -191,7 +191,9 @@ class Detected:
 
     def summary(self) -> str:
         title = self.variant.title if self.variant else f"unlisted {self.layout.value} adapter"
-        parts = [f"{title} for {self.family}", f"{self.tokens} tokens per reference"]
+        per_ref = (f"{self.tokens} tokens per reference" if self.tokens
+                   else "one token per encoder hidden state (257 per reference with ViT-H)")
+        parts = [f"{title} for {self.family}", per_ref]
         if self.faceid:
             parts.append("identity embedding input (use the FaceID nodes)")
         else:

@@ -71,8 +71,8 @@ def encode_references(clip_vision, image: torch.Tensor, crop: str = "center", sh
         hidden.append(out["penultimate_hidden_states"].float().cpu())
         bar.update(min(step, n - start))
     embeds_t, hidden_t = torch.cat(embeds), torch.cat(hidden)
-    return References(EncoderInfo.from_widths(hidden_t.shape[-1], embeds_t.shape[-1], source), embeds_t, hidden_t,
-                      empty_image_features(clip_vision), source)
+    encoder = EncoderInfo.from_widths(hidden_t.shape[-1], embeds_t.shape[-1], source)
+    return References.from_images(encoder, embeds_t, hidden_t, empty_image_features(clip_vision), source)
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ import comfy.ldm.modules.attention as comfy_attention
 
 from ..core.attention import DecoupledCrossAttention, ImagePrompt
 from ..core.errors import InputError
+from ..core.schedules import window_problem
 
 
 def _attention(*args, **kwargs):
@@ -14,9 +15,9 @@ def _attention(*args, **kwargs):
 
 
 def sigma_window(model, start_at: float, end_at: float) -> tuple[float, float]:
-    if start_at > end_at:
-        raise InputError(f"start_at ({start_at}) is after end_at ({end_at}); the adapter would never be active. "
-                         "Set start_at <= end_at.")
+    problem = window_problem(start_at, end_at)
+    if problem:
+        raise InputError(problem)
     sampling = model.get_model_object("model_sampling")
     return float(sampling.percent_to_sigma(start_at)), float(sampling.percent_to_sigma(end_at))
 
