@@ -79,9 +79,9 @@ def test_every_site_is_called_once_per_forward_pass(tmp_path, kind, count, monke
     calls = []
     original = attention.ImagePrompt.contribution
 
-    def counting(self, key, q, extra, attn):
+    def counting(self, key, q, extra):
         calls.append(key)
-        return original(self, key, q, extra, attn)
+        return original(self, key, q, extra)
 
     monkeypatch.setattr(attention.ImagePrompt, "contribution", counting)
     sample(patched, kind, steps=1)
@@ -164,7 +164,7 @@ def test_a_replace_from_another_pack_is_still_called(tmp_path, sd15):
     extra["block"] = site.key[:2]
     replace = ours.model_options["transformer_options"]["patches_replace"]["attn2"][site.key]
     assert replace.base is other_pack
-    expected = other_pack(q, k, v, extra) + replace.prompts[0].contribution(site.key, q, extra, patch_mod._attention)
+    expected = other_pack(q, k, v, extra) + replace.prompts[0].contribution(site.key, q, extra)
     torch.testing.assert_close(replace(q, k, v, extra), expected)
 
 

@@ -97,6 +97,19 @@ def resize_mask(mask: torch.Tensor, h: int, w: int, tokens: int) -> torch.Tensor
     return m[:, :tokens, None]
 
 
+def image_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v per head, for the few image tokens of one adapter.
+
+    Plain PyTorch SDPA rather than the host's attention backend: the image branch has 4-257 keys, where a
+    backend's fixed per-call cost (sub-quadratic chunking on CPU, sage/xformers quirks) dominates."""
+    b, n, width = q.shape
+    d = width // heads
+    q = q.view(b, n, heads, d).transpose(1, 2)
+    k = k.view(b, -1, heads, d).transpose(1, 2)
+    v = v.view(b, -1, heads, d).transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, width)
+
+
 class ImagePrompt:
     """One applied adapter: its K/V per site, active window (in sigmas) and optional attention mask."""
 
@@ -169,12 +182,11 @@ class ImagePrompt:
         self._batched[cache_key] = hit
         return hit
 
-    def contribution(self, key: SiteKey, q: torch.Tensor, extra: Mapping, attention: Attention) -> torch.Tensor | None:
+    def contribution(self, key: SiteKey, q: torch.Tensor, extra: Mapping) -> torch.Tensor | None:
         if key not in self.site_kv or not self.is_active(extra):
             return None
         k, v, mask = self.batched(key, q, extra)
-        out = attention(q, k, v, extra["n_heads"], attn_precision=extra.get("attn_precision"),
-                        transformer_options=extra)
+        out = image_attention(q, k, v, extra["n_heads"])
         return out if mask is None else out * mask
 
 
@@ -211,7 +223,7 @@ class DecoupledCrossAttention:
             out = self.attention(q, k, v, extra["n_heads"], attn_precision=extra.get("attn_precision"),
                                  transformer_options=extra)
         for prompt in self.prompts:
-            extra_out = prompt.contribution(self.key, q, extra, self.attention)
+            extra_out = prompt.contribution(self.key, q, extra)
             if extra_out is not None:
                 out = out + extra_out
         return out

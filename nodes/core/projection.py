@@ -166,5 +166,7 @@ def build_projection(layout: Layout, state: Mapping[str, torch.Tensor]) -> nn.Mo
                                           depth=_depth(state, "perceiver_resampler.layers."))
     else:  # pragma: no cover - the Layout enum is closed
         raise ValueError(layout)
-    module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    dtypes = {v.dtype for v in state.values()}
+    module.to(dtypes.pop() if len(dtypes) == 1 else torch.float32)  # kept as stored: fp16 files stay fp16 in memory
+    module.load_state_dict(state, strict=True)
     return module.eval().requires_grad_(False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -136,19 +137,20 @@ def _match_count(t: torch.Tensor, n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def project_references(adapter: Adapter, refs: References, negative: References | None = None,
-                       device: torch.device | None = None) -> ImageTokens:
-    """Encoder features -> image tokens.
+                       device: torch.device | None = None, faceid_plus_v2: bool | None = None,
+                       faceid_v2_weight: float = 1.0) -> ImageTokens:
+    """Encoder features (or face identities, for FaceID adapters) -> image tokens.
 
     The uncond side follows the reference implementation unless `negative` is given: zeros in embedding
     space for pooled-embedding adapters, and the encoder's features of an all-zero normalised image
-    (mean grey) for hidden-state adapters.
+    (mean grey) for hidden-state adapters. FaceID adapters: see `face.project_faces`, which also takes the
+    FaceID Plus version (None: guessed from the file name) and the Plus v2 shortcut weight.
     """
     det = adapter.detected
     if det.faceid:
-        raise IncompatibleError(
-            f"adapter `{adapter.name}` is a {det.summary().split(';')[0]} adapter: it reads identity embeddings "
-            "from faces, not CLIP image features. Use the Likeness FaceID nodes with it, or load an image "
-            "adapter such as ip-adapter_sd15.safetensors.")
+        from .face import project_faces
+
+        return project_faces(adapter, refs, negative, device, plus_v2=faceid_plus_v2, v2_weight=faceid_v2_weight)
     feats = _image_features(adapter, refs, "references")
     neg = None if negative is None else _image_features(adapter, negative, "negative references")
     device = device or torch.device("cpu")
@@ -159,10 +161,9 @@ def project_references(adapter: Adapter, refs: References, negative: References 
     else:
         cond_in = feats.penultimate
         uncond_in = _match_count(feats.empty_penultimate if neg is None else neg.penultimate, n)
-    proj = adapter.projection.to(device)
-    try:
-        cond = proj(cond_in.to(device, torch.float32)).float().cpu()
-        uncond = proj(uncond_in.to(device, torch.float32)).float().cpu()
-    finally:
-        adapter.projection.to("cpu")
+    proj = adapter.projection
+    if next(proj.parameters()).dtype != torch.float32 or device.type != "cpu":
+        proj = copy.deepcopy(proj).to(device=device, dtype=torch.float32)  # a temporary fp32 copy to compute in
+    cond = proj(cond_in.to(device, torch.float32)).float().cpu()
+    uncond = proj(uncond_in.to(device, torch.float32)).float().cpu()
     return ImageTokens(adapter.name, det.context_width, cond.shape[1], cond, uncond)

@@ -1,0 +1,136 @@
+"""Shared setup for the benchmarks: real ComfyUI on CPU (or GPU when present), the pack, real UNet layouts with
+random weights, synthetic full-size adapters, and side-by-side timing.
+
+Run a benchmark from the pack folder: `python benchmarks/bench_attention.py`. Every script prints ratios
+measured in one process, rounds interleaved, medians reported; absolute times on a shared machine are noise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import importlib
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+PACK = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PACK / "tests"))  # the synthetic checkpoint builders live with the tests
+
+
+def find_comfyui() -> Path:
+    env = os.environ.get("COMFYUI_PATH")
+    for c in ([Path(env)] if env else []) + list(PACK.parents) + [Path.home() / "ComfyUI"]:
+        if (c / "comfy" / "model_patcher.py").is_file():
+            return c.resolve()
+    sys.exit("No ComfyUI found: set COMFYUI_PATH or put ComfyUI at ~/ComfyUI.")
+
+
+COMFYUI = find_comfyui()
+sys.path.insert(0, str(COMFYUI))
+import comfy.cli_args  # noqa: E402
+
+import torch  # noqa: E402
+
+GPU = torch.cuda.is_available() and os.environ.get("LIKENESS_BENCH_CPU") != "1"
+comfy.cli_args.args.cpu = not GPU
+import utils.install_util  # noqa: E402,F401
+import comfy.model_management  # noqa: E402
+import comfy.model_patcher  # noqa: E402
+import comfy.supported_models  # noqa: E402
+import nodes  # noqa: E402
+
+import builders  # noqa: E402
+
+asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+assert asyncio.run(nodes.load_custom_node(str(PACK)))
+PACK_MODULE = str(PACK).replace(".", "_x_")
+DEVICE = comfy.model_management.get_torch_device()
+DTYPE = torch.float16 if GPU else torch.float32
+
+
+def pack(module: str):
+    return importlib.import_module(f"{PACK_MODULE}.{module}")
+
+
+def machine() -> str:
+    dev = torch.cuda.get_device_name(0) if GPU else f"CPU ({platform.processor() or platform.machine()}, " \
+                                                     f"{torch.get_num_threads()} threads)"
+    return (f"{dev}; torch {torch.__version__}; ComfyUI {comfyui_version()}; dtype {str(DTYPE).split('.')[-1]}; "
+            f"{time.strftime('%Y-%m-%d')}")
+
+
+def comfyui_version() -> str:
+    try:
+        return importlib.import_module("comfyui_version").__version__
+    except Exception:
+        return "unknown"
+
+
+def real_unet(kind: str, seed: int = 0):
+    """The real SD1.5/SDXL layout with seeded N(0, 0.02) weights on the benchmark device."""
+    cls, cfg = builders._config(kind, tiny=False)
+    cfg["dtype"] = DTYPE
+    mc = cls(cfg)
+    mc.set_inference_dtype(DTYPE, None)
+    model = mc.get_model({}, device=DEVICE)
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02, generator=gen)
+    return comfy.model_patcher.ModelPatcher(model, load_device=DEVICE, offload_device=DEVICE)
+
+
+def official_adapter(path: Path, name: str, seed: int = 0) -> Path:
+    """A synthetic adapter with the exact keys and shapes of an official file, fp16 like the published ones."""
+    if not path.exists():
+        state = {k: v.half() for k, v in builders.tensors_for(builders.official_shapes(name), seed).items()}
+        builders.save_safetensors(str(path), state)
+    return path
+
+
+def sync():
+    if GPU:
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeat: int = 1) -> float:
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / repeat
+
+
+def interleaved(configs: dict, rounds: int, repeat: int = 1, warmup: int = 1) -> dict:
+    """Median seconds per config, rounds interleaved (order reversed every other round), plus paired ratios
+    against the first config."""
+    names = list(configs)
+    for _ in range(warmup):
+        for n in names:
+            configs[n]()
+    times = {n: [] for n in names}
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for n in order:
+            gc.collect()
+            times[n].append(timed(configs[n], repeat))
+    base = names[0]
+    out = {}
+    for n in names:
+        ratios = [t / b for t, b in zip(times[n], times[base])]
+        out[n] = {"median_s": statistics.median(times[n]), "paired_ratio": statistics.median(ratios)}
+    return out
+
+
+def report(title: str, results: dict, unit: float = 1e3, unit_name: str = "ms") -> None:
+    print(f"\n{title}")
+    base = next(iter(results.values()))["median_s"]
+    for name, r in results.items():
+        over = (r["median_s"] / base - 1) * 100
+        print(f"  {name:<28} {r['median_s'] * unit:10.2f} {unit_name}   {over:+7.1f} % (medians)   "
+              f"{(r['paired_ratio'] - 1) * 100:+7.1f} % (paired)")
