@@ -5,5 +5,6 @@ from comfy_api.v0_0_2 import io
 Adapter = io.Custom("LIKENESS_ADAPTER")  # core.adapter.Adapter
 References = io.Custom("LIKENESS_REFS")  # core.references.References
 Tokens = io.Custom("LIKENESS_TOKENS")  # core.references.ImageTokens
+FaceModel = io.Custom("LIKENESS_FACE_MODEL")  # host.face.FaceModel
 
 CATEGORY = "Likeness"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from . import checkpoint
@@ -54,7 +53,3 @@ def read_detection(path: str) -> Detected:
     """Detect without loading tensor data (safetensors header only)."""
     return detect(checkpoint.read_shapes(path), os.path.basename(path))
 
-
-def projection_device_dtype(adapter: Adapter) -> tuple[torch.device, torch.dtype]:
-    p = next(adapter.projection.parameters())
-    return p.device, p.dtype

@@ -67,10 +67,10 @@ def read_shapes(path: str) -> dict[str, tuple[int, ...]]:
             nk = _normalise_group_key(k)
             out[nk or k] = tuple(int(d) for d in v["shape"])
         return out
-    return {k: tuple(t.shape) for k, t in load_state_dict(path).items()}
+    return {k: tuple(t.shape) for k, t in load_state_dict(path, mmap=True).items()}
 
 
-def load_state_dict(path: str) -> dict[str, torch.Tensor]:
+def load_state_dict(path: str, mmap: bool = False) -> dict[str, torch.Tensor]:
     """All tensors of an adapter file, keyed `image_proj.<k>` / `ip_adapter.<k>` (other keys kept as they are)."""
     name = _name(path)
     if path.lower().endswith(".safetensors"):
@@ -83,7 +83,7 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
             raise AdapterFileError(f"`{name}` could not be read as safetensors ({e}); download it again.") from None
         return {(_normalise_group_key(k) or k): v for k, v in flat.items()}
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _torch_load(path, mmap)
     except pickle.UnpicklingError as e:
         raise AdapterFileError(
             f"`{name}` was refused: it holds Python objects other than tensors, and Likeness only loads .bin files "
@@ -106,8 +106,11 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
     return flat
 
 
-def write_adapter_safetensors(path: str, state: Mapping[str, torch.Tensor], metadata: dict | None = None) -> None:
-    """Write an adapter in the flat h94 safetensors layout (used by tests and conversions)."""
-    import safetensors.torch
+def _torch_load(path: str, mmap: bool):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError as e:
+        if mmap and "mmap" in str(e):  # legacy (non-zip) files cannot be memory-mapped
+            return torch.load(path, map_location="cpu", weights_only=True)
+        raise
 
-    safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, path, metadata=metadata)

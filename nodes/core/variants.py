@@ -300,3 +300,26 @@ def _projection_output_width(shapes, layout: Layout) -> int | None:
     }[layout]
     s = _shape(shapes, key)
     return None if s is None else s[0]
+
+
+def detect_encoder(shapes: Mapping[str, Sequence[int]]) -> Encoder | None:
+    """A CLIP vision file's encoder from its tensor shapes (HF `vision_model.*` or OpenCLIP `visual.*` keys)."""
+    def first(*keys):
+        for prefix in ("", "clip_vision.", "vision_model.", "model."):
+            for k in keys:
+                if prefix + k in shapes:
+                    return tuple(int(d) for d in shapes[prefix + k])
+        return None
+
+    cls = first("vision_model.embeddings.class_embedding", "embeddings.class_embedding", "visual.class_embedding")
+    proj = first("visual_projection.weight")
+    if proj is not None:
+        hidden, embed = proj[1], proj[0]
+    else:
+        open_proj = first("visual.proj")
+        if open_proj is None or cls is None:
+            return None
+        hidden, embed = open_proj
+    if cls is not None and cls[-1] != hidden:
+        return None
+    return encoder_by_widths(hidden, embed) or Encoder(f"{hidden}-wide CLIP vision", hidden, embed, "")

@@ -1,0 +1,70 @@
+"""The model doctor's report (the LikenessModelDoctor node in nodes/unified.py shows it): every adapter, encoder,
+FaceID LoRA and face model pack found, what each is, and which presets work for SD1.5 and SDXL. Also a command:
+
+    python -m nodes.doctor --comfyui /path/to/ComfyUI [--extra-model-paths-config FILE]
+
+run from the pack folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def report() -> str:
+    from .core.presets import availability
+    from .core.variants import Detected, Encoder
+    from .host import catalog
+
+    adapters, encoders, loras = catalog.adapters(), catalog.encoders(), catalog.faceid_loras()
+    packs = catalog.face_packs()
+    lines = ["Likeness model doctor", "", "Adapters (models/ipadapter):"]
+    lines += [f"  {e.name}: {e.describe()}" for e in adapters] or ["  (none)"]
+    lines += ["", "Image encoders (models/clip_vision):"]
+    lines += [f"  {e.name}: {e.describe()}" for e in encoders] or ["  (none)"]
+    lines += ["", "FaceID LoRAs (models/loras):"] + ([f"  {e.name}" for e in loras] or ["  (none)"])
+    lines += ["", "Face model packs (models/insightface/models):"] + ([f"  {p}" for p in packs] or ["  (none)"])
+    rows = availability([(e.name, e.found) for e in adapters if isinstance(e.found, Detected)],
+                        [e.found for e in encoders if isinstance(e.found, Encoder)], [e.name for e in loras], packs)
+    for family in ("SD1.5", "SDXL"):
+        lines += ["", f"Presets for {family}:"]
+        lines += [f"  {'OK ' if r.usable else '-- '} {r.preset:<24} {r.detail}" for r in rows if r.family == family]
+    lines += ["", "Folders searched:"]
+    for folder in ("ipadapter", "clip_vision", "loras", "insightface"):
+        lines.append(f"  {folder}: {'; '.join(catalog.searched(folder)) or '(not registered)'}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nodes.doctor", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH", os.path.expanduser("~/ComfyUI")),
+                        help="the ComfyUI folder (default: $COMFYUI_PATH or ~/ComfyUI)")
+    parser.add_argument("--extra-model-paths-config", action="append", default=[],
+                        help="extra_model_paths.yaml files to read besides the one in the ComfyUI folder")
+    args = parser.parse_args(argv)
+    comfy_root = os.path.abspath(args.comfyui)
+    if not os.path.isfile(os.path.join(comfy_root, "folder_paths.py")):
+        print(f"No ComfyUI at {comfy_root}: pass --comfyui /path/to/ComfyUI.", file=sys.stderr)
+        return 2
+    sys.path.append(comfy_root)  # after the pack, whose `nodes` package this module is
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import folder_paths
+    from utils.extra_config import load_extra_path_config
+
+    for yaml_path in [os.path.join(comfy_root, "extra_model_paths.yaml"), *args.extra_model_paths_config]:
+        if os.path.isfile(yaml_path):
+            load_extra_path_config(yaml_path)
+    from .host import folders
+
+    folders.register_all()
+    assert folder_paths  # imported for its side effect of defining the model folders
+    print(report())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""What model files the user has, and what each one is, read cheaply (safetensors headers, memory-mapped .bin)
+and cached by path, modification time and size."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+import folder_paths
+
+from ..core import checkpoint
+from ..core.errors import LikenessError
+from ..core.variants import Detected, Encoder, detect, detect_encoder
+
+log = logging.getLogger(__name__)
+_cache: dict[tuple, tuple] = {}
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Entry:
+    folder: str  # model folder name: ipadapter, clip_vision, loras
+    name: str  # as listed by ComfyUI (may include a sub-folder)
+    path: str
+    found: Detected | Encoder | None
+    problem: str = ""
+
+    def describe(self) -> str:
+        if self.problem:
+            return f"unusable: {self.problem}"
+        if isinstance(self.found, Detected):
+            return self.found.summary()
+        if isinstance(self.found, Encoder):
+            return self.found.describe()
+        return "not recognised"
+
+
+def _inspect(path: str, reader) -> tuple:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return None, str(e)
+    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size, reader.__name__)
+    with _lock:
+        hit = _cache.get(key)
+    if hit is None:
+        try:
+            hit = (reader(path), "")
+        except LikenessError as e:
+            hit = (None, str(e))
+        except Exception as e:  # a file we cannot parse is reported, never fatal for the listing
+            hit = (None, f"{type(e).__name__}: {e}")
+        with _lock:
+            _cache[key] = hit
+    return hit
+
+
+def _adapter(path: str) -> Detected:
+    return detect(checkpoint.read_shapes(path), os.path.basename(path))
+
+
+def _encoder(path: str) -> Encoder | None:
+    return detect_encoder(checkpoint.read_shapes(path))
+
+
+def _entries(folder: str, reader, names=None) -> list[Entry]:
+    out = []
+    for name in (folder_paths.get_filename_list(folder) if names is None else names):
+        path = folder_paths.get_full_path(folder, name)
+        if path:
+            found, problem = _inspect(path, reader)
+            out.append(Entry(folder, name, path, found, problem))
+    return out
+
+
+def adapters() -> list[Entry]:
+    return _entries("ipadapter", _adapter)
+
+
+def encoders() -> list[Entry]:
+    return _entries("clip_vision", _encoder)
+
+
+def faceid_loras() -> list[Entry]:
+    names = [n for n in folder_paths.get_filename_list("loras") if "faceid" in os.path.basename(n).lower()]
+    return [Entry("loras", n, folder_paths.get_full_path("loras", n) or "", None) for n in names]
+
+
+def face_packs() -> list[str]:
+    try:
+        from .face import pack_names
+    except Exception as e:  # insightface/onnxruntime missing: the doctor still lists everything else
+        log.warning("Likeness: face model packs not listed (%s)", e)
+        return []
+    return pack_names()
+
+
+def searched(folder: str) -> list[str]:
+    try:
+        return list(folder_paths.get_folder_paths(folder))
+    except KeyError:
+        return []

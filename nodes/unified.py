@@ -1,0 +1,149 @@
+"""LikenessUnifiedLoader: pick adapter, image encoder, FaceID LoRA and face model for a preset, by what the files are."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import comfy.clip_vision
+from comfy_api.v0_0_2 import io, ui
+
+from . import types
+from .core.errors import IncompatibleError
+from .doctor import report
+from .core.presets import PRESETS, MissingModelError, choice_for, missing_message, rank_adapters
+from .core.variants import Detected, Encoder, family_name
+from .host import catalog
+from .host.sites import find_sites
+from .loaders import cached_adapter
+
+log = logging.getLogger(__name__)
+_clip_cache: dict = {}
+_clip_lock = threading.Lock()
+
+
+def model_family(model) -> str:
+    sites = find_sites(model)
+    if not sites:
+        raise IncompatibleError("the MODEL has no UNet cross-attention sites: the unified loader serves SD1.5 and "
+                                "SDXL models (and their fine-tunes).")
+    family = family_name(sites[0].context_width, len(sites))
+    if family not in ("SD1.5", "SDXL"):
+        raise IncompatibleError(f"the MODEL is {family}; the unified loader's presets are for SD1.5 and SDXL. Use "
+                                "Likeness Adapter Loader with a matching adapter instead.")
+    return family
+
+
+def choose_adapter(preset: str, family: str) -> catalog.Entry:
+    choice = choice_for(preset, family)
+    entries = catalog.adapters()
+    ranked = rank_adapters(choice, [(e.name, e.found) for e in entries if isinstance(e.found, Detected)])
+    if not ranked:
+        found = [f"{e.name} ({e.describe().split(';')[0]})" for e in entries]
+        raise MissingModelError(missing_message(f"An adapter for preset {preset} on {family}", choice.file,
+                                                choice.source, "models/ipadapter", catalog.searched("ipadapter"),
+                                                found))
+    return next(e for e in entries if e.name == ranked[0])
+
+
+def choose_encoder(needed: Encoder) -> catalog.Entry:
+    entries = catalog.encoders()
+    fitting = [e for e in entries if isinstance(e.found, Encoder) and e.found.hidden_width == needed.hidden_width
+               and e.found.embed_width == needed.embed_width]
+    if not fitting:
+        found = [f"{e.name} ({e.describe()})" for e in entries]
+        raise MissingModelError(missing_message(f"A {needed.name} image encoder", needed.file_hint,
+                                                "huggingface.co/h94/IP-Adapter (models/image_encoder, renamed)",
+                                                "models/clip_vision", catalog.searched("clip_vision"), found))
+    fitting.sort(key=lambda e: (e.name.lower() != needed.file_hint.lower(), e.name.lower()))
+    return fitting[0]
+
+
+def load_clip_vision(entry: catalog.Entry):
+    st = os.stat(entry.path)
+    key = (entry.path, st.st_mtime_ns, st.st_size)
+    with _clip_lock:
+        if key not in _clip_cache:
+            _clip_cache.clear()  # keep one encoder; ComfyUI's own loader node caches the rest
+            model = comfy.clip_vision.load(entry.path)
+            if model is None:
+                raise MissingModelError(f"`{entry.name}` could not be loaded as a CLIP vision model: ComfyUI did not recognise its layout.")
+            _clip_cache[key] = model
+        return _clip_cache[key]
+
+
+class LikenessUnifiedLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LikenessUnifiedLoader",
+            display_name="Likeness Unified Loader",
+            category=f"{types.CATEGORY}/loaders",
+            description="Pick a preset; Likeness finds the adapter, image encoder, FaceID LoRA and face model that "
+                        "fit your MODEL by reading what the files are, so renamed downloads still work. When "
+                        "something is missing it says which file to get, from where, and where it searched.",
+            inputs=[
+                io.Model.Input("model", tooltip="Your SD1.5 or SDXL model; its family decides which files fit."),
+                io.Combo.Input("preset", options=list(PRESETS), default="STANDARD",
+                               tooltip="LIGHT/STANDARD: gentle; PLUS: strong; PLUS FACE/FULL FACE: portraits; "
+                                       "FACEID*: identity from a face photo (needs insightface)."),
+                io.Float.Input("faceid_lora_strength", default=0.6, min=0.0, max=2.0, step=0.05,
+                               tooltip="FaceID presets: strength of the LoRA trained with the adapter, applied to "
+                                       "the returned MODEL. 0.6 keeps the base model's style; 1.0 is the "
+                                       "reference setting."),
+                io.Combo.Input("face_model_pack", options=["buffalo_l", "antelopev2"], default="buffalo_l",
+                               tooltip="FaceID presets: the insightface pack in models/insightface/models/."),
+            ],
+            outputs=[io.Model.Output(display_name="model"), types.Adapter.Output(display_name="adapter"),
+                     io.ClipVision.Output(display_name="clip_vision"),
+                     types.FaceModel.Output(display_name="face_model")],
+        )
+
+    @classmethod
+    def execute(cls, model, preset, faceid_lora_strength, face_model_pack) -> io.NodeOutput:
+        family = model_family(model)
+        choice = choice_for(preset, family)
+        entry = choose_adapter(preset, family)
+        adapter = cached_adapter(entry.path)
+        encoder = choice.encoder
+        clip_entry = choose_encoder(encoder) if encoder is not None else None
+        clip_vision = load_clip_vision(clip_entry) if clip_entry else None
+        face_model = None
+        if choice.face:
+            from .host.face import load_face_model
+            from .host.lora import apply_faceid_lora
+
+            face_model = load_face_model(face_model_pack, "auto")
+            model = apply_faceid_lora(model, adapter, faceid_lora_strength)
+        text = f"{preset} on {family}: adapter `{entry.name}`" + (f", encoder `{clip_entry.name}`" if clip_entry
+                                                                   else "")
+        if face_model is not None:
+            text += f", face model {face_model_pack}"
+        log.info("Likeness: %s", text)
+        return io.NodeOutput(model, adapter, clip_vision, face_model, ui=ui.PreviewText(text))
+
+
+class LikenessModelDoctor(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LikenessModelDoctor",
+            display_name="Likeness Model Doctor",
+            category=f"{types.CATEGORY}/loaders",
+            description="Lists every adapter, image encoder, FaceID LoRA and face model pack Likeness can see, what "
+                        "each one is, and which presets work for SD1.5 and SDXL (or what to download).",
+            inputs=[],
+            outputs=[io.String.Output(display_name="report")],
+            is_output_node=True,
+            not_idempotent=True,
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls):
+        return float("nan")  # always look again: files come and go
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        text = report()
+        return io.NodeOutput(text, ui=ui.PreviewText(text))
