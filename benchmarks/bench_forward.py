@@ -11,7 +11,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import DEVICE, interleaved, machine, official_adapter, pack, real_unet, report
+from common import (DEVICE, interleaved, leading_pack, leading_pack_apply, machine, official_adapter, pack,
+                    real_unet, report)
 
 import comfy.sample  # noqa: E402  (common puts ComfyUI on the path)
 import comfy.samplers  # noqa: E402
@@ -44,23 +45,39 @@ def main(kind="sd15", side=32, rounds=5):
     refs = pack("nodes.core.references")
     apply_node = pack("nodes.apply")
     base = real_unet(kind)
-    with tempfile.TemporaryDirectory() as tmp:
-        adapter = adapter_mod.load_adapter(str(official_adapter(Path(tmp) / ADAPTERS[kind], ADAPTERS[kind])))
-    feats = refs.References.from_images(refs.EncoderInfo.from_widths(1280, 1024), torch.randn(1, 1024),
-                                        torch.randn(1, 257, 1280), torch.randn(1, 257, 1280))
+    tmp = tempfile.TemporaryDirectory()
+    adapter_file = official_adapter(Path(tmp.name) / ADAPTERS[kind], ADAPTERS[kind])
+    adapter = adapter_mod.load_adapter(str(adapter_file))
+    gen = torch.Generator().manual_seed(0)
+    feats = refs.References.from_images(refs.EncoderInfo.from_widths(1280, 1024), torch.randn(1, 1024, generator=gen),
+                                        torch.randn(1, 257, 1280, generator=gen), torch.randn(1, 257, 1280,
+                                                                                             generator=gen))
     tokens = refs.project_references(adapter, feats, device=DEVICE)
     models = {"plain": base}
     chained = base
     for n in range(1, 5):
-        chained = apply_node.apply_tokens(chained, adapter, tokens, 1.0)
+        with torch.inference_mode():  # as in ComfyUI's executor
+            chained = apply_node.apply_tokens(chained, adapter, tokens, 1.0)
         if n in (1, 2, 4):
             models[f"{n} adapter{'s' if n > 1 else ''}"] = chained
+    leading = leading_pack()
+    if leading is not None:
+        outs = leading_pack_apply(leading, base, adapter_file, feats.image.penultimate,
+                                  feats.image.empty_penultimate, 4)
+        for n in (1, 2, 4):
+            models[f"leading pack, {n}"] = outs[n - 1]
     results = interleaved({name: one_step(m, kind, side) for name, m in models.items()}, rounds)
     report(f"{kind} one CFG step (batch 2), latent {side}x{side}, {rounds} rounds", results, unit=1.0,
            unit_name="s")
     over = {n: r["paired_ratio"] - 1 for n, r in results.items()}
     if over["1 adapter"] > 0:
         print(f"  4 adapters / 1 adapter overhead: {over['4 adapters'] / over['1 adapter']:.2f}x")
+    if leading is not None:
+        for n, label in ((1, "1 adapter"), (2, "2 adapters"), (4, "4 adapters")):
+            theirs = over[f"leading pack, {n}"]
+            ratio = over[label] / theirs if theirs > 0 else float("nan")
+            print(f"  {n} adapter(s): Likeness overhead / leading pack overhead = {ratio:.2f}")
+    tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -7,18 +7,19 @@ clone adds 749 MB. Target: about 94 MB fp16 (the file) for any number of applies
 """
 
 import dataclasses
+import inspect
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from common import DEVICE, machine, official_adapter, pack
+from common import DEVICE, leading_pack, leading_pack_apply, machine, official_adapter, pack
 
+import comfy.model_base  # noqa: E402
 import comfy.model_patcher  # noqa: E402
-import comfy.supported_models  # noqa: E402
 import builders  # noqa: E402
 
-SKIP = (comfy.model_patcher.ModelPatcher, torch.nn.Module)
+SKIP = (comfy.model_patcher.ModelPatcher, comfy.model_base.BaseModel)  # the UNet itself is not counted
 
 
 def storages(*roots) -> dict:
@@ -38,9 +39,15 @@ def storages(*roots) -> dict:
             stack.extend(obj.values())
         elif isinstance(obj, (list, tuple, set, frozenset)):
             stack.extend(obj)
-        elif isinstance(obj, torch.nn.Module) and obj.__class__.__module__.startswith(pack("nodes").__name__):
+        elif isinstance(obj, SKIP):
+            continue
+        elif isinstance(obj, torch.nn.Module):
             stack.extend(obj.state_dict().values())
-        elif isinstance(obj, SKIP) or callable(obj) and not hasattr(obj, "prompts"):
+        elif inspect.ismethod(obj):
+            stack.append(obj.__self__)
+        elif inspect.isfunction(obj):  # closures hold state; module globals do not count
+            stack.extend(c.cell_contents for c in (obj.__closure__ or ()) if c.cell_contents is not None)
+        elif inspect.ismodule(obj) or inspect.isclass(obj) or inspect.isbuiltin(obj):
             continue
         elif dataclasses.is_dataclass(obj) or hasattr(obj, "__dict__"):
             stack.extend(vars(obj).values())
@@ -55,10 +62,10 @@ def main(kind="sd15"):
     name = {"sd15": "ip-adapter-plus_sd15.safetensors", "sdxl": "ip-adapter-plus_sdxl_vit-h.safetensors"}[kind]
     print(f"Likeness memory per chained adapter ({name}, synthetic fp16 weights):", machine())
     adapter_mod, refs, apply_node = pack("nodes.core.adapter"), pack("nodes.core.references"), pack("nodes.apply")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = official_adapter(Path(tmp) / name, name)
-        file_bytes = path.stat().st_size
-        adapter = adapter_mod.load_adapter(str(path))
+    tmp = tempfile.TemporaryDirectory()
+    path = official_adapter(Path(tmp.name) / name, name)
+    file_bytes = path.stat().st_size
+    adapter = adapter_mod.load_adapter(str(path))
     feats = refs.References.from_images(refs.EncoderInfo.from_widths(1280, 1024), torch.randn(1, 1024),
                                         torch.randn(1, 257, 1280), torch.randn(1, 257, 1280))
     tokens = refs.project_references(adapter, feats, device=DEVICE)
@@ -80,6 +87,16 @@ def main(kind="sd15"):
           f"(clone adds {mb(sum(everything.values()) - sum(storages(adapter, *[m.model_options for m in outputs]).values()))})")
     added = sum(storages(*[m.model_options for m in outputs]).values()) / 4
     print(f"  bytes added per chained apply (image K/V for every site): {mb(int(added))}")
+    leading = leading_pack()
+    if leading is not None:
+        print("  leading pack, same file and chain:")
+        outs = leading_pack_apply(leading, model, path, feats.image.penultimate, feats.image.empty_penultimate, 4)
+        for n in range(1, 5):
+            total = sum(storages(*[m.model_options for m in outs[:n]]).values())
+            print(f"    after apply #{n}: all outputs {mb(total)}")
+        clone_total = sum(storages(outs[-1].clone().model_options, *[m.model_options for m in outs]).values())
+        print(f"    + a plain clone: {mb(clone_total)}")
+    tmp.cleanup()
 
 
 if __name__ == "__main__":

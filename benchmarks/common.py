@@ -134,3 +134,34 @@ def report(title: str, results: dict, unit: float = 1e3, unit_name: str = "ms") 
         over = (r["median_s"] / base - 1) * 100
         print(f"  {name:<28} {r['median_s'] * unit:10.2f} {unit_name}   {over:+7.1f} % (medians)   "
               f"{(r['paired_ratio'] - 1) * 100:+7.1f} % (paired)")
+
+
+def leading_pack():
+    """The leading pack (cubiq/ComfyUI_IPAdapter_plus) when $CUBIQ_PATH points at a copy, else None. It is GPL
+    and only run side by side here, never shipped."""
+    path = os.environ.get("CUBIQ_PATH")
+    if not path:
+        return None
+    if "IPAdapterEmbeds" not in nodes.NODE_CLASS_MAPPINGS:
+        if not asyncio.run(nodes.load_custom_node(os.path.abspath(path))):
+            sys.exit(f"CUBIQ_PATH={path} could not be loaded as a ComfyUI pack.")
+    return nodes.NODE_CLASS_MAPPINGS
+
+
+def leading_pack_apply(mappings, model, adapter_file: Path, pos_embed, neg_embed, count: int):
+    """`count` chained applies of the leading pack's IPAdapterEmbeds (weight 1, linear, V only)."""
+    import folder_paths
+
+    folder_paths.add_model_folder_path("ipadapter", str(adapter_file.parent), is_default=True)
+    loader = mappings["IPAdapterModelLoader"]
+    with torch.inference_mode():
+        ipadapter = getattr(loader(), loader.FUNCTION)(ipadapter_file=adapter_file.name)[0]
+    apply_cls = mappings["IPAdapterEmbeds"]
+    out = []
+    for _ in range(count):  # ComfyUI runs every node under inference mode
+        with torch.inference_mode():
+            model = getattr(apply_cls(), apply_cls.FUNCTION)(
+                model=model, ipadapter=ipadapter, pos_embed=pos_embed, weight=1.0, weight_type="linear", start_at=0.0,
+                end_at=1.0, embeds_scaling="V only", neg_embed=neg_embed)[0]
+        out.append(model)
+    return out
