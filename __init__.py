@@ -1,6 +1,6 @@
 """Likeness: image-prompted, subject-driven generation for ComfyUI (IP-Adapter family)."""
 
-from .nodes import LikenessExtension
+from .nodes.extension import LikenessExtension
 
 WEB_DIRECTORY = "./web"
 

@@ -11,6 +11,7 @@ from .core.attention import EMBEDS_SCALING
 from .core.references import project_references
 from .core.schedules import WEIGHT_TYPES, window_problem
 from .host.encode import encode_references
+from .host.lora import apply_faceid_lora
 from .host.patch import install, sigma_window
 from .host.sites import find_sites
 
@@ -36,12 +37,12 @@ def _check_window(start_at, end_at):
 
 
 def apply_tokens(model, adapter, tokens, weight, weight_type="linear", start_at=0.0, end_at=1.0,
-                 embeds_scaling="V only", attn_mask=None):
+                 embeds_scaling="V only", attn_mask=None, faceid_lora_strength=1.0):
     sites = find_sites(model)
     sigma_start, sigma_end = sigma_window(model, start_at, end_at)
     prompt = build_image_prompt(adapter, tokens, sites, weight, weight_type, embeds_scaling, sigma_start, sigma_end,
                                 attn_mask, device=comfy.model_management.get_torch_device())
-    return install(model, prompt)
+    return apply_faceid_lora(install(model, prompt), adapter, faceid_lora_strength)
 
 
 class LikenessApply(io.ComfyNode):
@@ -70,6 +71,12 @@ class LikenessApply(io.ComfyNode):
                 io.Mask.Input("attn_mask", optional=True,
                               tooltip="Optional: where in the picture the image prompt acts (white = full). Any "
                                       "size; it is resized to each layer's grid."),
+                io.Float.Input("faceid_lora_strength", default=1.0, min=0.0, max=2.0, step=0.05, optional=True,
+                               tooltip="FaceID and FaceID Plus only: strength of the LoRA these adapters were "
+                                       "trained with (taken from the adapter file, else <adapter>_lora.safetensors "
+                                       "in models/loras). 1.0 is how it was trained; lower it (e.g. 0.6) to give "
+                                       "the text prompt more say. 0 skips it, e.g. when you load the LoRA yourself. "
+                                       "It acts on the whole run, unlike the mask and start/end."),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )
@@ -80,9 +87,9 @@ class LikenessApply(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, adapter, tokens, weight, weight_type, start_at, end_at, embeds_scaling,
-                attn_mask=None) -> io.NodeOutput:
+                attn_mask=None, faceid_lora_strength=1.0) -> io.NodeOutput:
         return io.NodeOutput(apply_tokens(model, adapter, tokens, weight, weight_type, start_at, end_at,
-                                          embeds_scaling, attn_mask))
+                                          embeds_scaling, attn_mask, faceid_lora_strength))
 
 
 class LikenessApplySimple(io.ComfyNode):

@@ -31,10 +31,14 @@ class LikenessImageEncode(io.ComfyNode):
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional: only the white area of each reference is seen; the rest is "
                                       "replaced by neutral grey."),
+                io.Int.Input("encode_batch_size", default=0, min=0, max=4096, optional=True,
+                             tooltip="How many images go through the encoder at once; 0 = all at once. Lower it "
+                                     "when many references run out of memory. The progress bar and Cancel act "
+                                     "between batches."),
             ],
             outputs=[types.References.Output(display_name="references")],
         )
 
     @classmethod
-    def execute(cls, clip_vision, image, crop, sharpen, mask=None) -> io.NodeOutput:
-        return io.NodeOutput(encode_references(clip_vision, image, crop, sharpen, mask))
+    def execute(cls, clip_vision, image, crop, sharpen, mask=None, encode_batch_size=0) -> io.NodeOutput:
+        return io.NodeOutput(encode_references(clip_vision, image, crop, sharpen, mask, batch_size=encode_batch_size))

@@ -15,3 +15,7 @@ class IncompatibleError(LikenessError):
 
 class InputError(LikenessError):
     """A bad value on a node input (range, empty batch, mask shape...)."""
+
+
+class ReferencesFileError(LikenessError):
+    """A saved references file that cannot be read, is damaged, or was not written by Likeness."""

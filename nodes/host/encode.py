@@ -66,6 +66,8 @@ def encode_references(clip_vision, image: torch.Tensor, crop: str = "center", sh
     bar = comfy.utils.ProgressBar(n)
     embeds, hidden = [], []
     for start in range(0, n, step):
+        # Cancel from the queue is honoured between batches: each image is encoded exactly once.
+        comfy.model_management.throw_exception_if_processing_interrupted()
         out = clip_vision.encode_image(image[start:start + step], crop=(crop == "center"))
         embeds.append(out["image_embeds"].float().cpu())
         hidden.append(out["penultimate_hidden_states"].float().cpu())

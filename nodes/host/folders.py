@@ -21,6 +21,11 @@ def register_folder(name: str, extensions: set[str]) -> None:
 
 def register_all() -> None:
     register_folder("ipadapter", ADAPTER_EXTENSIONS)
+    register_folder("insightface", {".onnx"})  # face model packs live in <folder>/models/<pack>/*.onnx
+
+
+def insightface_roots() -> list[str]:
+    return folder_paths.get_folder_paths("insightface")
 
 
 def adapter_files() -> list[str]:

@@ -1,0 +1,194 @@
+"""References as files: .safetensors with string metadata that says what made them. Pickle is never involved.
+
+Tensors                              Metadata (all strings)
+  image.image_embeds     [N, E]        format = "likeness.references", format_version, likeness_version, count
+  image.penultimate      [N, S, H]     parts = "image", "face" or "image,face"
+  image.empty_penultimate[1, S, H]     image.encoder, image.hidden_width (H), image.embed_width (E),
+  face.normed            [N, W]          image.tokens (S), image.source
+  face.raw               [N, W]        face.model, face.width (W)
+
+Loading checks the metadata against the tensors (names, shapes, count, widths, dtype, finite values), so a
+damaged file or a file of another kind stops with a message that names it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from .errors import ReferencesFileError
+from .references import EncoderInfo, FaceIdentity, ImageFeatures, References
+
+FORMAT = "likeness.references"
+FORMAT_VERSION = 1
+IMAGE_TENSORS = ("image.image_embeds", "image.penultimate", "image.empty_penultimate")
+FACE_TENSORS = ("face.normed", "face.raw")
+_PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+def likeness_version() -> str:
+    try:
+        text = _PYPROJECT.read_text(encoding="utf-8")
+    except OSError:
+        return "unknown"
+    m = re.search(r'(?m)^version\s*=\s*"([^"]+)"', text)
+    return m.group(1) if m else "unknown"
+
+
+def to_tensors_and_metadata(refs: References) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    parts = [p for p, v in (("image", refs.image), ("face", refs.face)) if v is not None]
+    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "likeness_version": likeness_version(),
+            "count": str(refs.count), "parts": ",".join(parts)}
+    tensors = {}
+    if refs.image is not None:
+        f = refs.image
+        tensors.update({"image.image_embeds": f.image_embeds, "image.penultimate": f.penultimate,
+                        "image.empty_penultimate": f.empty_penultimate})
+        meta.update({"image.encoder": f.encoder.name, "image.hidden_width": str(f.encoder.hidden_width),
+                     "image.embed_width": str(f.encoder.embed_width), "image.tokens": str(f.penultimate.shape[1]),
+                     "image.source": f.source})
+    if refs.face is not None:
+        tensors.update({"face.normed": refs.face.normed, "face.raw": refs.face.raw})
+        meta.update({"face.model": refs.face.model, "face.width": str(refs.face.normed.shape[-1])})
+    # safetensors refuses views that share storage; a clone per tensor keeps the bytes exactly
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    return tensors, meta
+
+
+def save_references(refs: References, path: str) -> str:
+    import safetensors.torch
+
+    tensors, meta = to_tensors_and_metadata(refs)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".partial"
+    safetensors.torch.save_file(tensors, tmp, metadata=meta)
+    os.replace(tmp, path)  # a crash mid-write never leaves a half file under the real name
+    return path
+
+
+def _foreign(name: str, meta: dict | None, keys) -> ReferencesFileError:
+    groups = sorted({k.split(".")[0] for k in keys})
+    found = ", ".join(f"`{g}.*`" for g in groups[:6]) or "no tensors"
+    what = "a model file" if any(g in ("image_proj", "ip_adapter", "model", "lora_unet", "first_stage_model")
+                                 for g in groups) else "another kind of safetensors file"
+    fmt = (meta or {}).get("format")
+    said = f" (its metadata says format `{fmt}`)" if fmt else " (it has no `format` metadata)"
+    return ReferencesFileError(
+        f"`{name}` is not a Likeness references file: expected metadata format `{FORMAT}`{said}; it holds "
+        f"{found}, so it is probably {what}. Likeness Load References reads files written by Likeness Save "
+        "References.")
+
+
+def _int(meta: dict, key: str, name: str) -> int:
+    value = meta.get(key)
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        raise ReferencesFileError(
+            f"`{name}` is damaged: metadata `{key}` should be a whole number, found {value!r}.") from None
+    if out < 0:
+        raise ReferencesFileError(f"`{name}` is damaged: metadata `{key}` is negative ({out}).")
+    return out
+
+
+def _check_shape(name: str, key: str, tensor: torch.Tensor, expected: tuple[int, ...], why: str) -> None:
+    if tuple(tensor.shape) != expected:
+        raise ReferencesFileError(
+            f"`{name}` is damaged: tensor `{key}` has shape {tuple(tensor.shape)}, but its metadata ({why}) says "
+            f"{expected}. Save the references again.")
+    if not tensor.is_floating_point():
+        raise ReferencesFileError(f"`{name}` is damaged: tensor `{key}` holds {tensor.dtype}, not floating point "
+                                  "numbers.")
+    if not torch.isfinite(tensor).all():
+        raise ReferencesFileError(f"`{name}` is damaged: tensor `{key}` contains NaN or infinite values.")
+
+
+def from_tensors_and_metadata(tensors: dict[str, torch.Tensor], meta: dict | None, name: str) -> References:
+    """Rebuild References, checking the metadata against the tensors. `name` is the file, for messages."""
+    if not meta or meta.get("format") != FORMAT:
+        raise _foreign(name, meta, tensors.keys())
+    version = _int(meta, "format_version", name)
+    if version > FORMAT_VERSION:
+        raise ReferencesFileError(
+            f"`{name}` was written by a newer Likeness ({meta.get('likeness_version', 'unknown version')}, format "
+            f"{version}); this one reads format {FORMAT_VERSION}. Update Likeness to load it.")
+    if version < 1:
+        raise ReferencesFileError(f"`{name}` has an unknown format version {version}.")
+    parts = {p for p in meta.get("parts", "").split(",") if p}
+    if not parts or parts - {"image", "face"}:
+        raise ReferencesFileError(
+            f"`{name}` is damaged: metadata `parts` should list `image` and/or `face`, found {meta.get('parts')!r}.")
+    expected = set(IMAGE_TENSORS if "image" in parts else ()) | set(FACE_TENSORS if "face" in parts else ())
+    if set(tensors) != expected:
+        missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        raise ReferencesFileError(
+            f"`{name}` is damaged: its metadata says it holds {' and '.join(sorted(parts))} references, so it should "
+            f"have tensors {', '.join(sorted(expected))}"
+            + (f"; missing {', '.join(missing)}" if missing else "") + (f"; unexpected {', '.join(extra)}" if extra
+                                                                        else "") + ".")
+    count = _int(meta, "count", name)
+    if count == 0:
+        raise ReferencesFileError(f"`{name}` holds no references (count 0).")
+    image = face = None
+    if "image" in parts:
+        hidden, embed = _int(meta, "image.hidden_width", name), _int(meta, "image.embed_width", name)
+        tokens = _int(meta, "image.tokens", name)
+        _check_shape(name, "image.image_embeds", tensors["image.image_embeds"], (count, embed),
+                     f"count {count}, embed width {embed}")
+        _check_shape(name, "image.penultimate", tensors["image.penultimate"], (count, tokens, hidden),
+                     f"count {count}, {tokens} tokens, hidden width {hidden}")
+        _check_shape(name, "image.empty_penultimate", tensors["image.empty_penultimate"], (1, tokens, hidden),
+                     f"{tokens} tokens, hidden width {hidden}")
+        encoder = EncoderInfo(meta.get("image.encoder") or EncoderInfo.from_widths(hidden, embed).name, hidden, embed)
+        image = ImageFeatures(encoder, tensors["image.image_embeds"], tensors["image.penultimate"],
+                              tensors["image.empty_penultimate"], meta.get("image.source", ""))
+    if "face" in parts:
+        width = _int(meta, "face.width", name)
+        model = meta.get("face.model", "")
+        if not model:
+            raise ReferencesFileError(f"`{name}` is damaged: metadata `face.model` (the face model) is missing.")
+        for key in FACE_TENSORS:
+            _check_shape(name, key, tensors[key], (count, width), f"count {count}, identity width {width}")
+        face = FaceIdentity(model, tensors["face.normed"], tensors["face.raw"])
+    return References(image=image, face=face)
+
+
+def load_references(path: str) -> References:
+    """Read a references file written by save_references; every problem names the file."""
+    import safetensors
+    import safetensors.torch
+
+    name = os.path.basename(path)
+    if not path.lower().endswith(".safetensors"):
+        raise ReferencesFileError(f"`{name}` is not a .safetensors file; Likeness reads and writes references only "
+                                  "as .safetensors (never pickle).")
+    try:
+        with safetensors.safe_open(path, framework="pt", device="cpu") as f:
+            meta = f.metadata()
+            keys = list(f.keys())
+            if not meta or meta.get("format") != FORMAT:
+                raise _foreign(name, meta, keys)
+            tensors = {k: f.get_tensor(k) for k in keys}
+    except ReferencesFileError:
+        raise
+    except FileNotFoundError:
+        raise ReferencesFileError(f"`{name}` was not found ({path}).") from None
+    except Exception as e:  # the library's errors are terse: say what the file is and what to do
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        raise ReferencesFileError(
+            f"`{name}` could not be read as a .safetensors file ({type(e).__name__}: {e}; {size:,} bytes). It is "
+            "truncated, damaged or not a safetensors file; save the references again.") from None
+    return from_tensors_and_metadata(tensors, meta, name)
+
+
+def describe(refs: References) -> str:
+    parts = []
+    if refs.image is not None:
+        parts.append(f"image features from {refs.image.encoder.describe()}")
+    if refs.face is not None:
+        parts.append(f"`{refs.face.model}` identities")
+    return f"{refs.count} reference{'s' if refs.count != 1 else ''}: " + " and ".join(parts)
+

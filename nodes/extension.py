@@ -1,0 +1,28 @@
+"""The Likeness extension: the list of node classes."""
+
+from comfy_api.v0_0_2 import ComfyExtension
+
+from .host import folders, routes
+
+folders.register_all()
+routes.register()  # /likeness/* routes for web/js/likeness.js, when a server runs
+
+from .apply import LikenessApply, LikenessApplySimple  # noqa: E402
+from .encode import LikenessImageEncode  # noqa: E402
+from .face import LikenessFaceEmbed, LikenessFaceModelLoader  # noqa: E402
+from .loaders import LikenessAdapterLoader  # noqa: E402
+from .merge import LikenessMergeReferences  # noqa: E402
+from .project import LikenessProject  # noqa: E402
+from .references_io import LikenessLoadReferences, LikenessSaveReferences  # noqa: E402
+from .unified import LikenessModelDoctor, LikenessUnifiedLoader  # noqa: E402
+
+NODES = [
+    LikenessAdapterLoader, LikenessUnifiedLoader, LikenessModelDoctor, LikenessImageEncode, LikenessProject,
+    LikenessApply, LikenessApplySimple, LikenessFaceModelLoader, LikenessFaceEmbed, LikenessMergeReferences,
+    LikenessSaveReferences, LikenessLoadReferences,
+]
+
+
+class LikenessExtension(ComfyExtension):
+    async def get_node_list(self):
+        return list(NODES)

@@ -1,0 +1,91 @@
+"""LikenessFaceModelLoader and LikenessFaceEmbed: identity embeddings from photos, for the FaceID adapters."""
+
+from __future__ import annotations
+
+from comfy_api.v0_0_2 import io, ui
+
+from . import types
+from .core.face import CROP_SIZES, ON_NO_FACE, SELECT_MODES
+from .host import face as host_face
+
+FaceModel = types.FaceModel
+
+host_face.warn_if_runtime_shadowed()
+
+
+def _pack_options() -> list[str]:
+    # The usual packs are listed even before they are downloaded, so choosing one says where its files go.
+    return sorted(set(host_face.pack_names()) | set(host_face.KNOWN_PACKS))
+
+
+class LikenessFaceModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LikenessFaceModelLoader",
+            display_name="Likeness Face Model Loader",
+            category=f"{types.CATEGORY}/loaders",
+            description="Loads an insightface model pack (face detector + recogniser) from "
+                        "models/insightface/models/<pack>/. The IP-Adapter FaceID models were trained with buffalo_l.",
+            inputs=[
+                io.Combo.Input("model_pack", options=_pack_options(), default="buffalo_l",
+                               tooltip="A folder of .onnx files in models/insightface/models. buffalo_l for "
+                                       "IP-Adapter FaceID; antelopev2 is what InstantID and PuLID use."),
+                io.Combo.Input("provider", options=list(host_face.PROVIDER_CHOICES), default="auto",
+                               tooltip="Where onnxruntime runs the face models. auto: the GPU ComfyUI uses when "
+                                       "this onnxruntime build supports it, else the CPU (always the CPU on macOS). "
+                                       "The node reports the provider that really runs."),
+            ],
+            outputs=[FaceModel.Output(display_name="face_model")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, model_pack, provider):
+        return (host_face.pack_fingerprint(model_pack), provider)
+
+    @classmethod
+    def execute(cls, model_pack, provider) -> io.NodeOutput:
+        model = host_face.load_face_model(model_pack, provider)
+        return io.NodeOutput(model, ui=ui.PreviewText(model.describe()))
+
+
+class LikenessFaceEmbed(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LikenessFaceEmbed",
+            display_name="Likeness Face Embed",
+            category=types.CATEGORY,
+            description="Finds a face in each photo, aligns it and computes its identity embedding: one reference "
+                        "per photo, for the FaceID adapters. Connect clip_vision for FaceID Plus / Plus v2.",
+            inputs=[
+                FaceModel.Input("face_model", tooltip="From Likeness Face Model Loader."),
+                io.Image.Input("image", tooltip="One or more photos of the person; each photo gives one reference. "
+                                                "FaceID Portrait is made for several photos of the same person."),
+                io.Combo.Input("select", options=list(SELECT_MODES), default="largest",
+                               tooltip="Which face to take when a photo has several, counted from `index`: the "
+                                       "largest first, from the left, from the right, from the top, or the most "
+                                       "confident detection first."),
+                io.Int.Input("index", default=0, min=0, max=99,
+                             tooltip="0 takes the first face in the `select` order, 1 the second, and so on."),
+                io.Combo.Input("on_no_face", options=list(ON_NO_FACE), default="error",
+                               tooltip="error: stop and say which photo has no face. skip: leave that photo out "
+                                       "and carry on (an error only if no photo has a face)."),
+                io.Combo.Input("crop_size", options=[str(s) for s in CROP_SIZES], default="224",
+                               tooltip="Size of the aligned face crop that clip_vision sees (and the crops "
+                                       "output). 224 is what the FaceID Plus models were trained on; 256 keeps "
+                                       "more margin around the face."),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="Needed by FaceID Plus and Plus v2: the ViT-H image encoder "
+                                            "(CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors). Not used by FaceID "
+                                            "and Portrait."),
+            ],
+            outputs=[types.References.Output(display_name="references"),
+                     io.Image.Output(display_name="crops")],
+        )
+
+    @classmethod
+    def execute(cls, face_model, image, select, index, on_no_face, crop_size, clip_vision=None) -> io.NodeOutput:
+        refs, crops, summary = host_face.embed_faces(face_model, image, select, index, on_no_face, int(crop_size),
+                                                     clip_vision)
+        return io.NodeOutput(refs, crops, ui=ui.PreviewText(summary))

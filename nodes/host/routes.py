@@ -1,0 +1,140 @@
+"""Small read-only HTTP routes for the frontend extension (web/js/likeness.js).
+
+* `GET /likeness/weights?weight_type=...&weight=...&layout=sd15|sdxl`: the weight each cross-attention site
+  gets, computed by core.schedules.site_weights on the real SD1.5 / SDXL site layouts (built once on the meta
+  device), so the chart on Likeness Apply never re-implements the formulas.
+* `GET /likeness/adapter_info?name=...`: what an adapter file in models/ipadapter is, read from its
+  safetensors header only (the same summary the loader shows after a run).
+
+Registered on ComfyUI's server when there is one; importing this module never needs a server.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from ..core.errors import LikenessError
+from ..core.schedules import WEIGHT_TYPES, site_weights
+from . import folders
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("sd15", "sdxl")
+_MARK = "_likeness_routes_registered"
+
+
+def _unet_config(layout: str) -> dict:
+    common = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, use_spatial_transformer=True,
+                  legacy=False, use_checkpoint=False, use_temporal_attention=False, use_temporal_resblock=False)
+    if layout == "sd15":
+        return dict(common, num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4], num_heads=8, context_dim=768,
+                    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_middle=1,
+                    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], use_linear_in_transformer=False)
+    return dict(common, num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4], num_head_channels=64, context_dim=2048,
+                num_classes="sequential", adm_in_channels=2816, transformer_depth=[0, 0, 2, 2, 10, 10],
+                transformer_depth_middle=10, transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
+                use_linear_in_transformer=True)
+
+
+class _MetaModel:
+    """Just enough of a ModelPatcher for sites.find_sites."""
+
+    def __init__(self, unet):
+        self.unet = unet
+
+    def get_model_object(self, name):
+        assert name == "diffusion_model"
+        return self.unet
+
+
+@functools.lru_cache(maxsize=None)
+def layout_sites(layout: str) -> tuple:
+    """The cross-attention sites of a full-size SD1.5 or SDXL UNet (built on the meta device: no memory)."""
+    import torch
+
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    from .sites import find_sites
+
+    unet = UNetModel(**_unet_config(layout), device=torch.device("meta"), operations=comfy.ops.disable_weight_init)
+    return tuple(find_sites(_MetaModel(unet)))
+
+
+def weights_table(layout: str, weight: float, weight_type: str) -> dict:
+    """Per-site weights in execution order (input blocks, middle, output blocks), for the chart."""
+    if layout not in LAYOUTS:
+        raise LikenessError(f"layout must be one of {', '.join(LAYOUTS)}; got `{layout}`.")
+    sites = sorted(layout_sites(layout), key=lambda s: (s.transformer, s.index))
+    weights = site_weights(sites, weight, weight_type)
+    return {
+        "layout": layout, "weight": weight, "weight_type": weight_type, "transformers": sites[0].transformers,
+        "sites": [{"block": s.block, "block_id": s.block_id, "index": s.index, "transformer": s.transformer,
+                   "weight": round(weights[s.key], 6)} for s in sites],
+    }
+
+
+def adapter_info(name: str) -> dict:
+    from ..core.adapter import read_detection
+
+    detected = read_detection(folders.adapter_path(name))
+    encoder = detected.encoder
+    return {
+        "name": name,
+        "title": detected.variant.title if detected.variant else None,
+        "family": detected.family,
+        "layout": {16: "sd15", 70: "sdxl"}.get(len(detected.layer_ids)),  # the UNet layout, by its site count
+        "tokens": detected.tokens,
+        "faceid": detected.faceid,
+        "encoder": encoder.name if encoder else None,
+        "encoder_file": encoder.file_hint if encoder else None,
+        "encoder_requirement": None if detected.faceid else detected.encoder_requirement(),
+        "summary": detected.summary(),
+    }
+
+
+def add_routes(routes) -> None:
+    """Adds the routes to an aiohttp RouteTableDef."""
+    from aiohttp import web
+
+    def problem(status: int, message: str):
+        return web.json_response({"error": message}, status=status)
+
+    @routes.get("/likeness/weights")
+    async def get_weights(request):
+        q = request.rel_url.query
+        weight_type = q.get("weight_type", "linear")
+        if weight_type not in WEIGHT_TYPES:
+            return problem(400, f"weight_type `{weight_type}` is not one of: {', '.join(WEIGHT_TYPES)}.")
+        try:
+            weight = float(q.get("weight", "1.0"))
+        except ValueError:
+            return problem(400, f"weight must be a number; got `{q.get('weight')}`.")
+        try:
+            return web.json_response(weights_table(q.get("layout", "sd15"), weight, weight_type))
+        except LikenessError as e:
+            return problem(400, str(e))
+
+    @routes.get("/likeness/adapter_info")
+    async def get_adapter_info(request):
+        name = request.rel_url.query.get("name", "")
+        if name not in folders.adapter_files():
+            return problem(404, f"adapter `{name}` is not in the ipadapter folders; press R to refresh the lists.")
+        try:
+            return web.json_response(adapter_info(name))
+        except (LikenessError, OSError, ValueError) as e:
+            return problem(422, str(e))
+
+
+def register() -> None:
+    """Adds the routes to ComfyUI's server once, however often the pack is imported; no server, no routes."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    server = getattr(PromptServer, "instance", None)
+    if server is None or getattr(server, _MARK, False):
+        return
+    add_routes(server.routes)
+    setattr(server, _MARK, True)

@@ -1,0 +1,128 @@
+// Drives headless Chromium against a running ComfyUI (started by tests/test_browser.py) and prints one JSON
+// report on the last line of stdout. Environment:
+//   LIKENESS_BASE      http://127.0.0.1:<port>
+//   LIKENESS_MODULE    the pack's folder name (its templates are served under /api/workflow_templates/<module>/)
+//   LIKENESS_WORKFLOWS comma-separated workflow names to load
+//   LIKENESS_RUN       the workflow to queue (its model loaders swapped per LIKENESS_SWAPS, a JSON object)
+//   LIKENESS_VUE       "1" for the Vue node renderer ("Nodes 2.0"), else the classic canvas
+//   LIKENESS_SHOTS     folder for screenshots
+//   LIKENESS_CHROMIUM  the Chromium binary
+import { chromium } from "playwright-core";
+
+const env = process.env;
+const BASE = env.LIKENESS_BASE;
+const MODULE = env.LIKENESS_MODULE;
+const WORKFLOWS = env.LIKENESS_WORKFLOWS.split(",").filter(Boolean);
+const RUN = env.LIKENESS_RUN;
+const SWAPS = JSON.parse(env.LIKENESS_SWAPS || "{}");
+const VUE = env.LIKENESS_VUE === "1";
+const mode = VUE ? "vue" : "classic";
+const t0 = Date.now();
+const report = { mode, workflows: {}, consoleErrors: [], baselineErrors: [], run: null, timings: {} };
+
+const browser = await chromium.launch({
+  executablePath: env.LIKENESS_CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+  const errors = [];
+  page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+  page.on("pageerror", (e) => errors.push(`pageerror: ${e}`));
+  page.on("response", (r) => r.status() >= 400 && errors.push(`HTTP ${r.status()} ${r.url()}`));
+
+  await page.goto(BASE, { waitUntil: "domcontentloaded" });
+  const types = await page.evaluate(async ({ module, names }) => {
+    const all = new Set();
+    for (const name of names) {
+      const wf = await (await fetch(`/api/workflow_templates/${module}/${name}.json`)).json();
+      for (const n of wf.nodes) all.add(n.type);
+    }
+    return [...all];
+  }, { module: MODULE, names: WORKFLOWS });
+  // Ready when the app exists and every node type the workflows use is registered (else "missing nodes" races).
+  await page.waitForFunction((t) => window.comfyAPI?.app?.app?.graph
+    && t.every((x) => window.LiteGraph?.registered_node_types?.[x]), types, { timeout: 120000 });
+  await page.waitForTimeout(1500);
+  report.timings.ready_s = (Date.now() - t0) / 1000;
+  report.frontendVersion = await page.evaluate(() => window.__COMFYUI_FRONTEND_VERSION__ ?? null);
+  report.baselineErrors = errors.splice(0);
+  report.templates = await page.evaluate(async () => (await (await fetch("/api/workflow_templates")).json()));
+  report.extensionLoaded = await page.evaluate(async () => {
+    const urls = await (await fetch("/api/extensions")).json();
+    return urls.filter((u) => u.includes("likeness"));
+  });
+
+  for (const name of WORKFLOWS) {
+    const result = await page.evaluate(async ({ module, name, vue }) => {
+      const app = window.comfyAPI.app.app;
+      const wf = await (await fetch(`/api/workflow_templates/${module}/${name}.json`)).json();
+      await app.loadGraphData(wf, true, true, name);
+      if (vue) { // Vue nodes hide non-essential widgets (text, DOM) at 80% zoom and below
+        app.canvas.ds.scale = 1;
+        app.canvas.setDirty(true, true);
+      }
+      await new Promise((r) => setTimeout(r, 1200)); // let the extension's requests land
+      const nodes = app.graph.nodes.map((n) => {
+        const chart = n.widgets?.find((w) => w.name === "likeness_weight_chart")?.element;
+        const info = n.widgets?.find((w) => w.name === "likeness_adapter_info")?.element;
+        return {
+          id: n.id, type: n.type, hasErrors: !!n.has_errors,
+          registered: !!window.LiteGraph.registered_node_types[n.type],
+          chart: chart ? { active: chart.dataset.active ?? null, layout: chart.dataset.layout ?? null,
+            text: chart.textContent, shown: !!chart.isConnected && chart.getClientRects().length > 0 } : null,
+          info: info ? { family: info.dataset.family ?? null, text: info.textContent,
+            shown: !!info.isConnected && info.getClientRects().length > 0 } : null,
+        };
+      });
+      const dialogs = [...document.querySelectorAll("[role=dialog]")].map((d) => d.innerText.slice(0, 300));
+      const prompt = (await app.graphToPrompt()).output;
+      return { nodes, dialogs, prompt };
+    }, { module: MODULE, name, vue: VUE });
+    result.errors = errors.splice(0);
+    report.workflows[name] = result;
+    await page.screenshot({ path: `${env.LIKENESS_SHOTS}/${mode}-${name}.png` });
+    for (const d of result.dialogs) {
+      // close dialogs so the next workflow starts clean
+      await page.keyboard.press("Escape");
+    }
+  }
+  report.timings.loaded_s = (Date.now() - t0) / 1000;
+
+  if (RUN) {
+    report.run = await page.evaluate(async ({ module, name, swaps }) => {
+      const { app } = window.comfyAPI.app;
+      const { api } = window.comfyAPI.api;
+      const wf = await (await fetch(`/api/workflow_templates/${module}/${name}.json`)).json();
+      await app.loadGraphData(wf, true, true, name);
+      const p = await app.graphToPrompt();
+      for (const node of Object.values(p.output)) node.class_type = swaps[node.class_type] ?? node.class_type;
+      const done = new Promise((resolve) => {
+        let id = null;
+        const timer = setTimeout(() => resolve({ status: "timeout" }), 150000);
+        const finish = (r) => { clearTimeout(timer); resolve(r); };
+        api.addEventListener("execution_success", (e) => (!id || e.detail.prompt_id === id) && finish({ status: "success" }));
+        api.addEventListener("execution_error", (e) => finish({ status: "error", detail: e.detail }));
+        window.__likenessSetId = (x) => { id = x; };
+      });
+      let queued;
+      try {
+        queued = await api.queuePrompt(0, p);
+      } catch (e) {
+        return { status: "rejected", detail: String(e), nodeErrors: e?.response?.node_errors ?? null };
+      }
+      window.__likenessSetId(queued.prompt_id);
+      const result = await done;
+      const history = await (await fetch(`/api/history/${queued.prompt_id}`)).json();
+      result.outputs = history[queued.prompt_id]?.outputs ?? null;
+      await new Promise((r) => setTimeout(r, 800));
+      return result;
+    }, { module: MODULE, name: RUN, swaps: SWAPS });
+    report.run.errors = errors.splice(0);
+    await page.screenshot({ path: `${env.LIKENESS_SHOTS}/${mode}-run-${RUN}.png` });
+  }
+  report.timings.total_s = (Date.now() - t0) / 1000;
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(report));

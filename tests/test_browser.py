@@ -1,0 +1,201 @@
+"""The frontend in a real browser: ComfyUI's server with the pack, driven by headless Chromium.
+
+Starts `main.py --cpu` on 127.0.0.1 (a free port) with the pack and the test loaders of
+tests/browser/tiny_loaders as custom nodes, and tiny model files under the official names in temporary model
+folders (the same ones tests/test_workflows.py executes). Then tests/browser/probe.mjs (playwright-core with
+Debian's chromium), once with the classic canvas and once with the Vue node renderer ("Nodes 2.0"):
+
+* loads every example workflow from the template route the template browser uses, and asserts no missing
+  node types, no node errors, no dialogs, and no new console errors (errors already present before any
+  workflow is loaded are a baseline of the bare frontend, but any error that mentions Likeness fails);
+* checks the extension's widgets: the weight chart on Likeness Apply and the adapter info on the loader;
+* checks that the frontend's own UI -> API conversion (`graphToPrompt`) equals tests/test_workflows.py's;
+* queues one workflow (model loaders swapped as in test_workflows) and waits for success;
+* saves screenshots under tests/artifacts/browser/.
+
+Needs /usr/bin/chromium (or $LIKENESS_CHROMIUM), node, and `npm ci` in tests/browser; .ci/run installs them.
+Without them the test fails and says what to install; it never skips silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import folder_paths
+import test_workflows as tw
+from conftest import COMFYUI, PACK
+from test_workflows import one_torch_thread, workflow_models  # noqa: F401  (fixtures)
+
+BROWSER_DIR = PACK / "tests" / "browser"
+ARTIFACTS = PACK / "tests" / "artifacts" / "browser"
+CHROMIUM = os.environ.get("LIKENESS_CHROMIUM", "/usr/bin/chromium")
+RUN = "likeness_sd15_basic"
+SERVER_START_S = 240
+
+
+def _missing_tools() -> list[str]:
+    missing = []
+    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
+        missing.append(f"Chromium at {CHROMIUM} (apt-get install -y chromium, or set LIKENESS_CHROMIUM)")
+    if shutil.which("node") is None:
+        missing.append("node (apt-get install -y nodejs npm)")
+    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
+        missing.append(f"playwright-core (cd {BROWSER_DIR} && npm ci)")
+    return missing
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 5.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def _post(url: str, value) -> None:
+    req = urllib.request.Request(url, data=json.dumps(value).encode(), method="POST")
+    urllib.request.urlopen(req, timeout=10).close()
+
+
+@pytest.fixture(scope="module")
+def server(workflow_models, models_dir, tmp_path_factory):
+    missing = _missing_tools()
+    if missing:
+        pytest.fail("the browser test needs: " + "; ".join(missing) + ". .ci/run installs them.", pytrace=False)
+    root = tmp_path_factory.mktemp("browser")
+    custom = root / "custom_nodes"
+    custom.mkdir()
+    loaded_from = {Path(p).resolve() for p in folder_paths.get_folder_paths("custom_nodes")}
+    module = PACK.name
+    if PACK.parent.resolve() not in loaded_from:  # not already installed in the ComfyUI we start
+        module = "comfyui-likeness"
+        (custom / module).symlink_to(PACK, target_is_directory=True)
+    (custom / "likeness_tiny_loaders").symlink_to(BROWSER_DIR / "tiny_loaders", target_is_directory=True)
+    paths = {"custom_nodes": custom, "ipadapter": models_dir / "ipadapter", "clip_vision": models_dir / "clip_vision",
+             "checkpoints": workflow_models / "checkpoints", "loras": workflow_models / "loras"}
+    config = root / "extra_model_paths.yaml"
+    config.write_text("likeness_browser_test:\n" + "".join(f"    {k}: {v}\n" for k, v in paths.items()))
+    (root / "user").mkdir()
+    port = _free_port()
+    log = open(root / "server.log", "w")
+    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+           "--database-url", "sqlite:///:memory:", "--extra-model-paths-config", str(config),
+           "--input-directory", folder_paths.get_input_directory(),
+           "--output-directory", folder_paths.get_output_directory(), "--user-directory", str(root / "user")]
+    proc = subprocess.Popen(cmd, cwd=COMFYUI, stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))  # tiny models: see test_workflows
+    base = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"ComfyUI exited with {proc.returncode}:\n" + (root / "server.log").read_text()[-4000:])
+            try:
+                _get(base + "/api/system_stats")
+                break
+            except OSError:
+                if time.monotonic() - started > SERVER_START_S:
+                    pytest.fail("ComfyUI did not answer within %d s:\n%s" % (
+                        SERVER_START_S, (root / "server.log").read_text()[-4000:]))
+                time.sleep(1)
+        failed = [line for line in (root / "server.log").read_text().splitlines() if "IMPORT FAILED" in line]
+        assert not failed, "custom nodes failed to import:\n" + "\n".join(failed)
+        yield {"base": base, "module": module, "log": root / "server.log", "start_s": time.monotonic() - started}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / "server.log", ARTIFACTS / "server.log")
+
+
+def _probe(server, vue: bool) -> dict:
+    base = server["base"]
+    _post(base + "/api/settings/Comfy.TutorialCompleted", True)
+    _post(base + "/api/settings/Comfy.VueNodes.Enabled", vue)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, LIKENESS_BASE=base, LIKENESS_MODULE=server["module"], LIKENESS_RUN=RUN,
+               LIKENESS_WORKFLOWS=",".join(p.stem for p in tw.WORKFLOWS), LIKENESS_SWAPS=json.dumps(tw.SWAPS),
+               LIKENESS_VUE="1" if vue else "0", LIKENESS_SHOTS=str(ARTIFACTS), LIKENESS_CHROMIUM=CHROMIUM)
+    done = subprocess.run(["node", "probe.mjs"], cwd=BROWSER_DIR, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, f"probe failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    (ARTIFACTS / f"report-{report['mode']}.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _ours(errors: list[str]) -> list[str]:
+    return [e for e in errors if "likeness" in e.lower()]
+
+
+@pytest.mark.parametrize("vue", [False, True], ids=["classic", "vue-nodes"])
+def test_workflows_load_and_run_in_the_browser(server, vue):
+    report = _probe(server, vue)
+    print(f"\n{report['mode']}: server up in {server['start_s']:.0f} s, timings {report['timings']}")
+    assert report["extensionLoaded"] == [f"/extensions/{server['module']}/js/likeness.js"], report["extensionLoaded"]
+    assert sorted(report["templates"].get(server["module"], [])) == sorted(p.stem for p in tw.WORKFLOWS)
+    assert not _ours(report["baselineErrors"]), report["baselineErrors"]
+    version = tuple(int(x) for x in (report["frontendVersion"] or "0.0").split(".")[:2])
+    # The Vue renderer shows DOM widgets only after frontend 1.27 (see web/js/likeness.js); the classic one always.
+    panels_render = not vue or version > (1, 27)
+    for name, result in report["workflows"].items():
+        where = f"{report['mode']} / {name}"
+        assert all(n["registered"] for n in result["nodes"]), f"{where}: missing nodes {result['nodes']}"
+        assert not [n for n in result["nodes"] if n["hasErrors"]], f"{where}: node errors"
+        assert not result["dialogs"], f"{where}: dialogs {result['dialogs']}"
+        assert not result["errors"], f"{where}: new console errors {result['errors']}"
+        workflow = json.loads((PACK / "workflows" / f"{name}.json").read_text())
+        assert _comparable(result["prompt"]) == _comparable(tw.ui_to_prompt(workflow)), f"{where}: graphToPrompt differs"
+        for node in result["nodes"]:
+            if node["type"] in ("LikenessApply", "LikenessAdapterLoader") and panels_render:
+                assert (node["chart"] or node["info"])["shown"], f"{where}: the panel is not visible on {node}"
+            if node["type"] == "LikenessApply":
+                assert node["chart"] and node["chart"]["active"] not in (None, "0"), f"{where}: chart {node}"
+                assert node["chart"]["layout"] in ("sd15", "sdxl") and "guessed" not in node["chart"]["text"], node
+            if node["type"] == "LikenessAdapterLoader":
+                assert node["info"] and node["info"]["family"] and "needs" in node["info"]["text"], f"{where}: {node}"
+    run = report["run"]
+    assert run["status"] == "success", f"{report['mode']}: queued {RUN}: {run}"
+    assert any(o.get("images") for o in run["outputs"].values()), run["outputs"]
+    assert not _ours(run["errors"]), run["errors"]
+
+
+def _comparable(prompt: dict) -> dict:
+    return {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()}
+
+
+def test_routes_serve_the_backend_formulas(server):
+    """The chart's numbers are core.schedules' own, for every weight type; the loader info reads the header."""
+    from conftest import pack
+
+    routes = pack("nodes.host.routes")
+    for weight_type in pack("nodes.core.schedules").WEIGHT_TYPES:
+        for layout in routes.LAYOUTS:
+            query = urllib.parse.urlencode({"layout": layout, "weight": 0.8, "weight_type": weight_type})
+            assert _get(f"{server['base']}/api/likeness/weights?{query}") == routes.weights_table(layout, 0.8, weight_type)
+    table = routes.weights_table("sdxl", 0.8, "style transfer")
+    active = {(s["block"], s["block_id"]) for s in table["sites"] if s["weight"]}
+    assert len(table["sites"]) == 70 and active == {("output", 1)}
+    info = _get(server["base"] + "/api/likeness/adapter_info?name=ip-adapter-plus_sdxl_vit-h.safetensors")
+    assert info["layout"] == "sdxl" and "70 cross-attention sites" in info["family"]  # a tiny SDXL-layout file
+    with pytest.raises(urllib.error.HTTPError) as e:
+        _get(server["base"] + "/api/likeness/weights?weight_type=strongest")
+    assert e.value.code == 400

@@ -1,0 +1,387 @@
+"""Every example workflow in workflows/ is checked against the live node definitions and then executed.
+
+Each `workflows/*.json` file (UI format, as the frontend saves it; new files are picked up by the glob) is
+
+1. checked against the node classes ComfyUI loaded, this pack's included: node types, input names, link
+   types on both ends, the number of widget values, combo values, numeric ranges and value types;
+2. converted to an API prompt the way the frontend does it (`ui_to_prompt`; tests/test_browser.py checks
+   this conversion against the frontend's own `graphToPrompt`);
+3. executed through ComfyUI's real executor (`conftest.run_prompt`) on tiny models, and its SaveImage
+   output is checked on disk.
+
+What is swapped, and why. Only model-loading nodes whose real files are gigabytes are replaced, by the
+test loaders of tests/browser/tiny_loaders (see that module for how the tiny models are built):
+
+* `CheckpointLoaderSimple` -> `LikenessTestTinyCheckpoint`: tiny UNet, CLIP text model and VAE, same
+  `ckpt_name` widget (the SDXL layout when the name contains "xl").
+* `CLIPVisionLoader` -> `LikenessTestTinyCLIPVision`: a tiny CLIP vision model written under the
+  official file name.
+
+Everything else runs exactly as shipped, with the shipped widget values: `LikenessAdapterLoader` loads
+tiny adapters written under the official file names (layout, encoder feature and base model taken from
+the variants table, sized for the tiny models), `LoraLoaderModelOnly` loads a tiny LoRA under the shipped
+name, `LoadImage` reads the example images shipped in workflows/inputs/, and CLIPTextEncode, KSampler
+(all its steps), VAEDecode and SaveImage are the real nodes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import PIL.Image
+import pytest
+import torch
+
+import builders
+import folder_paths
+import nodes
+from conftest import PACK, pack, run_prompt
+
+WORKFLOWS = sorted((PACK / "workflows").glob("*.json"))
+UI_ONLY = {"Note", "MarkdownNote"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def _load_tiny_loaders():
+    path = PACK / "tests" / "browser" / "tiny_loaders" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("likeness_tiny_loaders", path, submodule_search_locations=[])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tiny_loaders = _load_tiny_loaders()
+nodes.NODE_CLASS_MAPPINGS.setdefault("LikenessTestTinyCheckpoint", tiny_loaders.LikenessTestTinyCheckpoint)
+SWAPS = dict(tiny_loaders.SWAPS)
+
+
+# ---------------------------------------------------------------- node definitions
+
+def input_specs(class_type: str) -> dict[str, tuple[str, object, dict]]:
+    """name -> (type, combo options or None, options dict), required then optional, in definition order."""
+    defs = nodes.NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()
+    out = {}
+    for section in ("required", "optional"):
+        for name, spec in (defs.get(section) or {}).items():
+            typ = spec[0]
+            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if isinstance(typ, (list, tuple)):
+                out[name] = ("COMBO", list(typ), opts)
+            elif typ == "COMBO":
+                out[name] = ("COMBO", list(opts.get("options", [])), opts)
+            else:
+                out[name] = (typ, None, opts)
+    return out
+
+
+def is_widget(spec) -> bool:
+    typ, _, opts = spec
+    return typ in WIDGET_TYPES and not opts.get("forceInput")
+
+
+def extra_values(name: str, spec) -> int:
+    """Values the frontend saves after a widget's own: the seed control and the image upload button."""
+    typ, _, opts = spec
+    control = opts.get("control_after_generate", typ == "INT" and name in ("seed", "noise_seed"))
+    return int(bool(control)) + int(bool(opts.get("image_upload")))
+
+
+def widget_layout(class_type: str) -> list[tuple[str, int]]:
+    """(input name, extra values) for each widget, in widgets_values order."""
+    return [(name, extra_values(name, spec)) for name, spec in input_specs(class_type).items() if is_widget(spec)]
+
+
+def return_types(class_type: str) -> list[str]:
+    return list(nodes.NODE_CLASS_MAPPINGS[class_type].RETURN_TYPES)
+
+
+# ---------------------------------------------------------------- UI format -> prompt
+
+def widget_values(node: dict) -> dict[str, object]:
+    values = list(node.get("widgets_values") or [])
+    out, i = {}, 0
+    for name, extra in widget_layout(node["type"]):
+        if i >= len(values):
+            break
+        out[name] = values[i]
+        i += 1 + extra
+    return out
+
+
+def ui_to_prompt(workflow: dict) -> dict:
+    """The API prompt the frontend queues for a UI-format workflow (plain nodes, no groups or bypass)."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node["type"] in UI_ONLY:
+            continue
+        assert node.get("mode", 0) == 0, f"node {node['id']} is muted or bypassed; ship examples without that"
+        inputs = widget_values(node)
+        for slot in node.get("inputs") or []:
+            if slot.get("link") is not None:
+                _, origin, origin_slot, *_ = links[slot["link"]]
+                inputs[slot["name"]] = [str(origin), origin_slot]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs,
+                                   "_meta": {"title": node.get("title") or node["type"]}}
+    return prompt
+
+
+# ---------------------------------------------------------------- checks against the definitions
+
+def problems_in(workflow: dict) -> list[str]:
+    """Every way the file disagrees with the loaded node definitions (empty when it is valid)."""
+    out = []
+    by_id = {n["id"]: n for n in workflow["nodes"]}
+    links = {link[0]: link for link in workflow["links"]}
+    if workflow.get("version") != 0.4:
+        out.append(f"version is {workflow.get('version')!r}; the frontend saves 0.4")
+    if max(by_id) > workflow.get("last_node_id", 0) or (links and max(links) > workflow.get("last_link_id", 0)):
+        out.append("last_node_id / last_link_id are smaller than the ids in use")
+    for node in workflow["nodes"]:
+        where = f"node {node['id']} ({node['type']})"
+        if node["type"] in UI_ONLY:
+            continue
+        if node["type"] not in nodes.NODE_CLASS_MAPPINGS:
+            out.append(f"{where}: no such node type")
+            continue
+        specs = input_specs(node["type"])
+        layout = widget_layout(node["type"])
+        expected = sum(1 + extra for _, extra in layout)
+        if len(node.get("widgets_values") or []) != expected:
+            out.append(f"{where}: {len(node.get('widgets_values') or [])} widget values, the node has {expected} "
+                       f"({', '.join(name for name, _ in layout)})")
+        for name, value in widget_values(node).items():
+            out += [f"{where}: {p}" for p in value_problems(name, specs[name], value)]
+        linked = set()
+        for slot_index, slot in enumerate(node.get("inputs") or []):
+            name = slot["name"]
+            if name not in specs:
+                out.append(f"{where}: input `{name}` does not exist (inputs: {', '.join(specs)})")
+                continue
+            if slot.get("link") is None:
+                continue
+            linked.add(name)
+            link = links.get(slot["link"])
+            if link is None:
+                out.append(f"{where}: input `{name}` names link {slot['link']}, which is not in `links`")
+                continue
+            _, origin, origin_slot, target, target_slot, link_type = link
+            if (target, target_slot) != (node["id"], slot_index):
+                out.append(f"{where}: link {link[0]} ends at {target}:{target_slot}, the node says {node['id']}:{slot_index}")
+            src = by_id.get(origin)
+            if src is None or src["type"] not in nodes.NODE_CLASS_MAPPINGS:
+                out.append(f"{where}: input `{name}` comes from a missing node {origin}")
+                continue
+            produced = return_types(src["type"])
+            if origin_slot >= len(produced):
+                out.append(f"{where}: `{name}` reads output {origin_slot} of {src['type']}, which has {len(produced)}")
+                continue
+            wanted = specs[name][0]
+            if not (produced[origin_slot] == wanted == link_type or "*" in (wanted, produced[origin_slot])):
+                out.append(f"{where}: `{name}` wants {wanted}; link {link[0]} carries {link_type} from "
+                           f"{src['type']} output {origin_slot} ({produced[origin_slot]})")
+        for name, spec in input_specs(node["type"]).items():
+            required = name in (nodes.NODE_CLASS_MAPPINGS[node["type"]].INPUT_TYPES().get("required") or {})
+            if required and not is_widget(spec) and name not in linked:
+                out.append(f"{where}: required input `{name}` ({spec[0]}) is not connected")
+        produced = return_types(node["type"])
+        for i, slot in enumerate(node.get("outputs") or []):
+            if i >= len(produced) or slot["type"] != produced[i]:
+                out.append(f"{where}: output {i} is saved as {slot['type']}, the node returns {produced}")
+    return out
+
+
+def value_problems(name: str, spec, value) -> list[str]:
+    typ, options, opts = spec
+    if typ == "COMBO":
+        return [] if value in options else [f"`{name}` = {value!r} is not one of {options[:12]}"]
+    if typ == "BOOLEAN":
+        return [] if isinstance(value, bool) else [f"`{name}` = {value!r} is not a boolean"]
+    if typ == "STRING":
+        return [] if isinstance(value, str) else [f"`{name}` = {value!r} is not a string"]
+    if typ in ("INT", "FLOAT"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (typ == "INT" and value != int(value)):
+            return [f"`{name}` = {value!r} is not {typ}"]
+        lo, hi = opts.get("min"), opts.get("max")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            return [f"`{name}` = {value} is outside {lo} .. {hi}"]
+    return []
+
+
+# ---------------------------------------------------------------- tiny model files under the shipped names
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _file_widgets(workflows, class_type: str, input_name: str) -> set[str]:
+    return {widget_values(n)[input_name] for wf in workflows for n in wf["nodes"] if n["type"] == class_type}
+
+
+TINY_ENCODERS = {1280: dict(hidden=64, projection=32), 1664: dict(hidden=96, projection=48)}  # by real hidden width
+
+
+def write_tiny_adapter(folder: Path, name: str) -> None:
+    """A tiny adapter in the official file's layout: same projection kind, encoder feature and base model."""
+    variants = pack("nodes.core.variants")
+    variant = next(v for v in variants.VARIANTS if name in v.files)
+    assert not variant.faceid, f"{name}: FaceID adapters need the face model swap (not written yet)"
+    encoder = variants.encoder_by_width(variant.input_width, variant.feature)
+    tiny = TINY_ENCODERS[encoder.hidden_width]
+    layout = {variants.Layout.LINEAR: "linear", variants.Layout.RESAMPLER: "resampler",
+              variants.Layout.MLP_PER_TOKEN: "full"}[variant.layout]
+    width = tiny["projection"] if variant.feature is variants.Feature.IMAGE_EMBEDS else tiny["hidden"]
+    kind = "sdxl" if variant.family == "SDXL" else "sd15"
+    sites = pack("nodes.host.sites").find_sites(tiny_loaders.tiny_model(kind))
+    state = builders.tiny_adapter_state(layout, [s.width for s in sites], input_width=width,
+                                        tokens=variant.tokens if layout != "full" else 4, seed=len(name))
+    builders.save_safetensors(str(folder / name), state)
+
+
+def write_tiny_lora(path: Path, kind: str, rank: int = 4) -> None:
+    """A LoRA in ComfyUI's generic key format for every attention projection of the tiny UNet."""
+    gen = torch.Generator().manual_seed(7)
+    state = {}
+    for key, weight in tiny_loaders.tiny_model(kind).model.state_dict().items():
+        if ".attn" in key and key.endswith((".to_q.weight", ".to_k.weight", ".to_v.weight")):
+            base = key[:-len(".weight")]
+            state[base + ".lora_up.weight"] = 0.05 * torch.randn(weight.shape[0], rank, generator=gen)
+            state[base + ".lora_down.weight"] = 0.05 * torch.randn(rank, weight.shape[1], generator=gen)
+    builders.save_safetensors(str(path), state)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: thread hand-offs cost more than the maths (50 s -> 4 s a run)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def workflow_models(models_dir, tmp_path_factory):
+    """Tiny stand-ins under every file name the workflows use, and the example images in the input folder."""
+    workflows = [_load(p) for p in WORKFLOWS]
+    for name in _file_widgets(workflows, "CLIPVisionLoader", "clip_name"):
+        hidden = 1664 if "bigG" in name else 1280
+        builders.write_tiny_clip_vision(str(models_dir / "clip_vision"), Path(name).stem, seed=hidden,
+                                        **TINY_ENCODERS[hidden])
+    for name in _file_widgets(workflows, "LikenessAdapterLoader", "adapter_name"):
+        write_tiny_adapter(models_dir / "ipadapter", name)
+    extra = tmp_path_factory.mktemp("workflow_models")
+    for folder in ("checkpoints", "loras"):
+        (extra / folder).mkdir()
+        folder_paths.add_model_folder_path(folder, str(extra / folder), is_default=True)
+    for name in _file_widgets(workflows, "CheckpointLoaderSimple", "ckpt_name"):
+        (extra / "checkpoints" / name).write_bytes(b"")  # listed for the combo; the tiny loader builds the model
+    for wf in workflows:
+        ckpts = _file_widgets([wf], "CheckpointLoaderSimple", "ckpt_name")
+        for name in _file_widgets([wf], "LoraLoaderModelOnly", "lora_name"):
+            write_tiny_lora(extra / "loras" / name, tiny_loaders.kind_for(next(iter(ckpts))))
+    inputs = tmp_path_factory.mktemp("input")
+    for image in (PACK / "workflows" / "inputs").glob("*.png"):
+        shutil.copy(image, inputs / image.name)
+    previous = folder_paths.get_input_directory()
+    folder_paths.set_input_directory(str(inputs))
+    for path in WORKFLOWS:  # "save then load": the load examples name the file the save examples write first
+        if any(n["type"] == "LikenessSaveReferences" for n in _load(path)["nodes"]):
+            result = run_prompt(test_prompt(_load(path)))
+            assert result.success, f"{path.name}: {result.error or result.execution_error()}"
+    yield extra
+    folder_paths.set_input_directory(previous)
+
+
+def test_prompt(workflow: dict) -> dict:
+    """The workflow's prompt with only the model loaders of SWAPS replaced."""
+    prompt = ui_to_prompt(workflow)
+    for node in prompt.values():
+        node["class_type"] = SWAPS.get(node["class_type"], node["class_type"])
+    return prompt
+
+
+test_prompt.__test__ = False
+
+
+# ---------------------------------------------------------------- the tests
+
+def test_there_are_example_workflows():
+    assert len(WORKFLOWS) >= 6, [p.name for p in WORKFLOWS]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_matches_the_live_node_definitions(path, workflow_models):
+    workflow = _load(path)
+    problems = problems_in(workflow)
+    assert not problems, f"{path.name}:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_is_documented_and_uses_official_files(path):
+    workflow = _load(path)
+    notes = [n for n in workflow["nodes"] if n["type"] in UI_ONLY]
+    assert notes and all(len(n["widgets_values"][0]) > 80 for n in notes), "each workflow needs a Note saying what to change"
+    readme = (PACK / "README.md").read_text()
+    for node in workflow["nodes"]:
+        if node["type"].startswith("Likeness"):
+            assert node["properties"].get("cnr_id") == "comfyui-likeness", f"node {node['id']}: cnr_id"
+        for model in node["properties"].get("models", []):
+            assert model["name"] in node["widgets_values"], f"node {node['id']}: {model['name']} not in its widgets"
+            assert model["url"].startswith("https://huggingface.co/"), model["url"]
+            assert model["name"] in readme, f"{model['name']} is not named in README.md"
+    for name in _file_widgets([workflow], "LoadImage", "image"):
+        assert (PACK / "workflows" / "inputs" / name).is_file(), f"{name} is not shipped in workflows/inputs/"
+
+
+@pytest.mark.filterwarnings("error:invalid value encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_runs_end_to_end(path, workflow_models):
+    prompt = test_prompt(_load(path))
+    saves = {k: v["inputs"]["filename_prefix"] for k, v in prompt.items() if v["class_type"] == "SaveImage"}
+    outputs_nodes = [k for k, v in prompt.items() if getattr(nodes.NODE_CLASS_MAPPINGS[v["class_type"]], "OUTPUT_NODE", False)]
+    assert outputs_nodes, "the workflow has no output node"
+    result = run_prompt(prompt)
+    assert result.valid, f"{path.name}: {result.error} {result.node_errors}"
+    assert result.success, f"{path.name}: {result.execution_error()}"
+    outputs = result.executor.history_result["outputs"]
+    for node_id, prefix in saves.items():
+        images = outputs[node_id]["images"]
+        assert images, f"SaveImage {node_id} saved nothing"
+        for image in images:
+            file = Path(folder_paths.get_output_directory()) / image["subfolder"] / image["filename"]
+            assert file.is_file() and image["filename"].startswith(os.path.basename(prefix)), file
+            with PIL.Image.open(file) as png:
+                lo, hi = png.convert("L").getextrema()
+                assert hi > lo, f"{file.name} is one flat colour (NaN in the run?)"
+
+
+def test_templates_are_served_from_the_workflows_folder(tmp_path):
+    """ComfyUI's template browser lists packs' `workflows/` folders (as well as `example_workflows/`)."""
+    from aiohttp import web
+
+    from app.custom_node_manager import CustomNodeManager
+
+    app, routes = web.Application(), web.RouteTableDef()
+    CustomNodeManager().add_routes(routes, app, [("comfyui-likeness", str(PACK))])
+    served = {r.get_info().get("prefix"): r.get_info().get("directory") for r in app.router.resources()}
+    assert Path(served["/api/workflow_templates/comfyui-likeness"]) == PACK / "workflows"
+
+
+def test_the_checks_catch_broken_workflows(workflow_models):
+    workflow = _load(PACK / "workflows" / "likeness_sd15_basic.json")
+    apply = next(n for n in workflow["nodes"] if n["type"] == "LikenessApply")
+    apply["widgets_values"][0] = 9.0
+    apply["widgets_values"][1] = "strongest"
+    apply["inputs"][0]["name"] = "unet"
+    link = next(link for link in workflow["links"] if link[3] == apply["id"] and link[5] == "LIKENESS_TOKENS")
+    link[5] = "LATENT"
+    workflow["nodes"].append(dict(apply, id=99, type="LikenessApplyTurbo"))
+    found = "\n".join(problems_in(workflow))
+    for expected in ("`weight` = 9.0 is outside -1.0 .. 5.0", "`weight_type` = 'strongest' is not one of",
+                     "input `unet` does not exist", "carries LATENT", "LikenessApplyTurbo): no such node type",
+                     "required input `model` (MODEL) is not connected"):
+        assert expected in found, found

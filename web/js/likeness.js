@@ -1,0 +1,228 @@
+// Likeness frontend extension: pictures where they beat text.
+//  * Likeness Apply: a small chart of the weight each cross-attention site gets for the chosen weight_type and
+//    weight, from the backend (GET /likeness/weights runs the pack's own formulas), updated as they change.
+//  * Likeness Adapter Loader: the detected variant and the encoder it needs (GET /likeness/adapter_info reads the
+//    file's header), before a run; after a run, the loader's own summary.
+// Both are DOM widgets (addDOMWidget), shown by the classic canvas and by the Vue node renderer ("Nodes 2.0") of
+// frontends that render DOM widgets there (after 1.27: Comfy-Org/ComfyUI_frontend#6006). The Vue renderer of 1.27
+// shows no DOM widgets, its text widgets never show a value set after a node appears, and its chart widget fails to
+// import chart.js, so with that renderer on 1.27 the panels stay hidden; nothing breaks.
+// Only the public `app` and `api` modules are imported. Safe to load twice: it registers once.
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
+
+const EXTENSION = "likeness.frontend";
+const REGISTERED = Symbol.for("likeness.frontend.registered");
+const CHART = "likeness_weight_chart";
+const INFO = "likeness_adapter_info";
+const POLL_MS = 400;
+const LAYOUT_NAMES = { sd15: "SD1.5", sdxl: "SDXL" };
+const BLOCK_COLOURS = { input: "#4e9ad6", middle: "#d6a24e", output: "#6cbf72" };
+
+const cache = new Map();
+
+async function getJSON(path) {
+  if (!cache.has(path)) {
+    cache.set(path, api.fetchApi(path).then(async (r) => {
+      const body = await r.json().catch(() => ({ error: `HTTP ${r.status}` }));
+      if (!r.ok) cache.delete(path);
+      return r.ok ? body : { error: body.error || `HTTP ${r.status}` };
+    }).catch((e) => {
+      cache.delete(path);
+      return { error: String(e) };
+    }));
+  }
+  return cache.get(path);
+}
+
+const widgetValue = (node, name) => node.widgets?.find((w) => w.name === name)?.value;
+
+function el(tag, attrs = {}, text) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function svg(tag, attrs = {}) {
+  const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+  return e;
+}
+
+function panel(label) {
+  const root = el("div", { class: "likeness-panel", role: "group", "aria-label": label });
+  root.style.cssText = "box-sizing:border-box;width:100%;height:100%;padding:4px 6px;overflow:hidden;"
+    + "font:11px/1.35 sans-serif;color:var(--descrip-text,var(--fg-color,#ccc));"
+    + "background:var(--comfy-input-bg,rgba(0,0,0,.25));border-radius:6px;";
+  return root;
+}
+
+function addPanel(node, name, label, height) {
+  const existing = node.widgets?.find((w) => w.name === name);
+  if (existing) return existing.element;
+  const root = panel(label);
+  if (typeof node.addDOMWidget !== "function") return root;
+  const widget = node.addDOMWidget(name, "likeness_panel", root, {
+    serialize: false,
+    hideOnZoom: false,
+    getMinHeight: () => height,
+    getMaxHeight: () => height,
+  });
+  widget.serialize = false; // not a saved value, not a prompt input
+  widget.computeSize = (width) => [width, height];
+  return root;
+}
+
+// Follow the `adapter` input back to a Likeness Adapter Loader, to know SD1.5 from SDXL.
+function adapterName(node) {
+  const slot = node.inputs?.findIndex((i) => i.name === "adapter") ?? -1;
+  if (slot < 0) return null;
+  const source = node.getInputNode?.(slot);
+  return source?.comfyClass === "LikenessAdapterLoader" ? widgetValue(source, "adapter_name") ?? null : null;
+}
+
+function drawChart(root, table, note) {
+  root.replaceChildren();
+  const sites = table.sites;
+  const W = 300, H = 70, gap = sites.length > 30 ? 0.5 : 1.5;
+  const max = Math.max(1e-6, ...sites.map((s) => Math.abs(s.weight)));
+  const zero = sites.some((s) => s.weight < 0) ? H / 2 : H;
+  const scale = (zero === H ? H - 2 : H / 2 - 2) / max;
+  const bw = W / sites.length;
+  const active = sites.filter((s) => Math.abs(s.weight) > 1e-9).length;
+  const chart = svg("svg", { viewBox: `0 0 ${W} ${H + 12}`, width: "100%", height: 82, role: "img",
+    "aria-label": `${active} of ${sites.length} cross-attention sites active; largest weight ${max.toFixed(2)}` });
+  sites.forEach((s, i) => {
+    const h = Math.abs(s.weight) * scale;
+    const bar = svg("rect", { x: i * bw + gap / 2, width: Math.max(bw - gap, 0.5), y: s.weight >= 0 ? zero - h : zero,
+      height: Math.max(h, s.weight === 0 ? 0 : 0.5), fill: BLOCK_COLOURS[s.block] || "#999" });
+    const tip = svg("title");
+    tip.textContent = `${s.block} ${s.block_id}` + (sites.length > 16 ? `.${s.index}` : "") + `: ${s.weight.toFixed(3)}`;
+    bar.appendChild(tip);
+    chart.appendChild(bar);
+  });
+  chart.appendChild(svg("line", { x1: 0, x2: W, y1: zero, y2: zero, stroke: "currentColor", "stroke-opacity": 0.4 }));
+  let x = 0;
+  for (const block of ["input", "middle", "output"]) {
+    const n = sites.filter((s) => s.block === block).length;
+    if (!n) continue;
+    const label = svg("text", { x: x + (n * bw) / 2, y: H + 10, "text-anchor": "middle", "font-size": 9, fill: "currentColor" });
+    label.textContent = block === "middle" ? "mid" : block;
+    chart.appendChild(label);
+    x += n * bw;
+  }
+  const caption = el("div", {}, `${LAYOUT_NAMES[table.layout]} · ${table.weight_type} · ${active}/${sites.length} sites · max ${max.toFixed(2)}${note}`);
+  caption.style.cssText = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis;";
+  root.append(chart, caption);
+  root.dataset.active = String(active);
+  root.dataset.layout = table.layout;
+}
+
+function setupApply(node) {
+  const root = addPanel(node, CHART, "Weight per cross-attention site", 108);
+  let shown = "", manualLayout = null;
+  root.title = "Weight each cross-attention site gets (input blocks, middle, output blocks). Click to switch SD1.5 / SDXL when no adapter loader is connected.";
+  root.style.cursor = "pointer";
+  root.addEventListener("click", () => {
+    manualLayout = (root.dataset.layout || "sd15") === "sd15" ? "sdxl" : "sd15";
+    shown = "";
+    refresh();
+  });
+  async function refresh() {
+    const weight = Number(widgetValue(node, "weight") ?? 1), weightType = widgetValue(node, "weight_type") ?? "linear";
+    const name = adapterName(node);
+    const key = `${weight}|${weightType}|${name}|${manualLayout}`;
+    if (key === shown) return;
+    shown = key;
+    let layout = manualLayout || "sd15", note = manualLayout ? "" : " (guessed: connect the adapter loader)";
+    if (name) {
+      const info = await getJSON(`/likeness/adapter_info?name=${encodeURIComponent(name)}`);
+      if (info.layout) { layout = info.layout; note = ""; }
+    }
+    const table = await getJSON(`/likeness/weights?layout=${layout}&weight=${encodeURIComponent(weight)}&weight_type=${encodeURIComponent(weightType)}`);
+    if (shown !== key) return; // a newer change won
+    if (table.error) { root.textContent = table.error; return; }
+    drawChart(root, table, note);
+  }
+  return refresh;
+}
+
+function setupLoader(node) {
+  const root = addPanel(node, INFO, "Detected adapter", 64);
+  let shown = "";
+  async function refresh(force) {
+    const name = widgetValue(node, "adapter_name");
+    if (!name || (name === shown && !force)) return;
+    shown = name;
+    const info = await getJSON(`/likeness/adapter_info?name=${encodeURIComponent(name)}`);
+    if (shown !== name) return;
+    showInfo(root, info);
+  }
+  return refresh;
+}
+
+function showInfo(root, info) {
+  root.replaceChildren();
+  if (info.error) {
+    root.append(el("div", {}, info.error));
+    root.dataset.line = info.error;
+    return;
+  }
+  const head = `${info.title || "Unlisted adapter"} · ${info.family}` + (info.tokens ? ` · ${info.tokens} tokens` : "");
+  const encoder = info.encoder_requirement ? `needs ${info.encoder_requirement}`
+    : "needs an identity embedding from a face model (FaceID nodes)" + (info.encoder ? ` and ${info.encoder}` : "");
+  const a = el("div", {}, head), b = el("div", {}, encoder);
+  root.dataset.line = `${head} · ${encoder}`;
+  a.style.fontWeight = "bold";
+  root.append(a, b);
+  root.title = info.summary || "";
+  root.dataset.family = info.family || "";
+  root.dataset.layout = info.layout || "";
+}
+
+function watch(node, refresh) {
+  refresh();
+  const timer = setInterval(() => {
+    if (!node.graph) return; // removed, or not yet added
+    refresh();
+  }, POLL_MS);
+  const onRemoved = node.onRemoved;
+  node.onRemoved = function () {
+    clearInterval(timer);
+    return onRemoved?.apply(this, arguments);
+  };
+}
+
+const SETUP = { LikenessApply: setupApply, LikenessAdapterLoader: setupLoader };
+
+if (!globalThis[REGISTERED]) {
+  globalThis[REGISTERED] = true;
+  app.registerExtension({
+    name: EXTENSION,
+    async beforeRegisterNodeDef(nodeType, nodeData) {
+      const setup = SETUP[nodeData?.name];
+      if (!setup || nodeType.prototype.__likenessPatched) return;
+      nodeType.prototype.__likenessPatched = true;
+      const onNodeCreated = nodeType.prototype.onNodeCreated;
+      nodeType.prototype.onNodeCreated = function () {
+        const result = onNodeCreated?.apply(this, arguments);
+        if (!this.__likeness) {
+          this.__likeness = setup(this);
+          watch(this, this.__likeness);
+        }
+        return result;
+      };
+      if (nodeData.name === "LikenessAdapterLoader") {
+        const onExecuted = nodeType.prototype.onExecuted;
+        nodeType.prototype.onExecuted = function (message) {
+          const result = onExecuted?.apply(this, arguments);
+          const text = [].concat(message?.text ?? []).join("\n");
+          const root = this.widgets?.find((w) => w.name === INFO)?.element;
+          if (text && root) root.title = text;
+          return result;
+        };
+      }
+    },
+  });
+}
