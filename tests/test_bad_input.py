@@ -64,18 +64,28 @@ def test_wrong_model_family_through_the_executor(models_dir):
     assert "tiny-sd15-only.safetensors" in err["exception_message"] and "70 sites" in err["exception_message"]
 
 
-def test_truncated_adapter_through_the_executor(models_dir):
+@pytest.fixture()
+def broken_files(models_dir):
+    """Broken files in the shared ipadapter folder, removed again so later tests see a clean folder."""
+    made = []
+    yield made
+    for path in made:
+        path.unlink(missing_ok=True)
+
+
+def test_truncated_adapter_through_the_executor(models_dir, broken_files):
     name = write_adapter(models_dir, "truncated.safetensors", seed=3)
     path = models_dir / "ipadapter" / name
+    broken_files.append(path)
     os.truncate(path, os.path.getsize(path) // 2)
     err = failure(run_prompt(modular_prompt(name)))
     assert err["node_type"] == "LikenessAdapterLoader"
     assert "truncated.safetensors" in err["exception_message"] and "download it again" in err["exception_message"]
 
 
-def test_file_that_is_no_adapter_through_the_executor(models_dir):
-    builders.save_safetensors(str(models_dir / "ipadapter" / "a-lora.safetensors"),
-                              {"lora_unet_x.lora_down.weight": torch.zeros(4, 4)})
+def test_file_that_is_no_adapter_through_the_executor(models_dir, broken_files):
+    broken_files.append(models_dir / "ipadapter" / "a-lora.safetensors")
+    builders.save_safetensors(str(broken_files[-1]), {"lora_unet_x.lora_down.weight": torch.zeros(4, 4)})
     err = failure(run_prompt(modular_prompt("a-lora.safetensors")))
     assert "a-lora.safetensors" in err["exception_message"] and "not an IP-Adapter" in err["exception_message"]
 

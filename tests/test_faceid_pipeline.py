@@ -299,7 +299,8 @@ def test_damaged_model_file(face_root):
     fm.write_pack(str(folder))
     with open(folder / "w600k_r50.onnx", "r+b") as f:
         f.truncate(100)
-    with pytest.raises(core_face.FaceModelError, match=r"w600k_r50\.onnx` could not be opened.*download the pack again"):
+    with pytest.raises(core_face.FaceModelError,
+                       match=r"w600k_r50\.onnx` could not be opened.*download the pack again"):
         host_face.load_face_model("damaged", "CPU")
 
 

@@ -66,7 +66,8 @@ def face_refs(n: int, seed: int = 0, hidden: int | None = None):
     if hidden:
         embed = {1280: 1024, 1664: 1280}.get(hidden, 32)
         enc = refs_mod.EncoderInfo.from_widths(hidden, embed)
-        image = refs_mod.ImageFeatures(enc, torch.randn(n, embed, generator=gen), torch.randn(n, SEQ, hidden, generator=gen),
+        image = refs_mod.ImageFeatures(enc, torch.randn(n, embed, generator=gen),
+                                       torch.randn(n, SEQ, hidden, generator=gen),
                                        torch.randn(1, SEQ, hidden, generator=gen), source="encoder.safetensors")
     return refs_mod.References(image=image, face=face)
 

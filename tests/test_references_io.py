@@ -36,6 +36,17 @@ def input_dir(tmp_path):
 
 
 @pytest.fixture
+def output_dir(tmp_path):
+    """A temporary, empty ComfyUI output folder (other tests save into the shared one)."""
+    before = folder_paths.get_output_directory()
+    folder = tmp_path / "output"
+    folder.mkdir()
+    folder_paths.set_output_directory(str(folder))
+    yield folder
+    folder_paths.set_output_directory(before)
+
+
+@pytest.fixture
 def no_pickle(monkeypatch):
     """Fail the test if anything unpickles or torch-loads while it runs."""
     def refuse(*args, **kwargs):
@@ -105,7 +116,7 @@ def test_views_and_shared_storage_are_saved_as_their_values(tmp_path):
 
 # ------------------------------------------------------------------ folders
 
-def test_saved_files_are_listed_at_once_beside_those_in_input(models_dir, input_dir):
+def test_saved_files_are_listed_at_once_beside_those_in_input(models_dir, input_dir, output_dir):
     refs = image_refs(2, seed=5)
     first = io_nodes.LikenessSaveReferences.execute(refs, "alice")
     second = io_nodes.LikenessSaveReferences.execute(refs, "people/bob")

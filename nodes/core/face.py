@@ -213,8 +213,8 @@ def _crop_features(adapter: Adapter, refs: References, role: str) -> ImageFeatur
     if refs.image.encoder.hidden_width != width:
         raise IncompatibleError(
             f"adapter `{adapter.name}` (FaceID Plus) needs face crops encoded with {need}; the {role} were encoded "
-            f"with {refs.image.encoder.describe()}. Load the encoder it needs and connect it to clip_vision on Likeness "
-            "Face Embed.")
+            f"with {refs.image.encoder.describe()}. Load the encoder it needs and connect it to clip_vision on "
+            "Likeness Face Embed.")
     return refs.image
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -77,11 +79,18 @@ def encode_references(clip_vision, image: torch.Tensor, crop: str = "center", sh
     return References.from_images(encoder, embeds_t, hidden_t, empty_image_features(clip_vision), source)
 
 
+_empty_features: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 @torch.no_grad()
 def empty_image_features(clip_vision) -> torch.Tensor:
-    """Penultimate features of an all-zero normalised image: the reference uncond for hidden-state adapters."""
-    comfy.model_management.load_model_gpu(clip_vision.patcher)
-    size = getattr(clip_vision, "image_size", 224)
-    pixels = torch.zeros(1, 3, size, size, device=clip_vision.load_device)
-    out = clip_vision.model(pixel_values=pixels, intermediate_output=-2)
-    return out[1].float().cpu()
+    """Penultimate features of an all-zero normalised image: the reference uncond for hidden-state adapters.
+    Computed once per encoder, not once per encode."""
+    cached = _empty_features.get(clip_vision)
+    if cached is None:
+        comfy.model_management.load_model_gpu(clip_vision.patcher)
+        size = getattr(clip_vision, "image_size", 224)
+        pixels = torch.zeros(1, 3, size, size, device=clip_vision.load_device)
+        cached = clip_vision.model(pixel_values=pixels, intermediate_output=-2)[1].float().cpu()
+        _empty_features[clip_vision] = cached
+    return cached

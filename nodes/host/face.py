@@ -146,7 +146,6 @@ def find_pack(pack: str) -> str:
 
 def _import_insightface():
     try:
-        import insightface.model_zoo  # noqa: F401  (sets up the package)
         from insightface.model_zoo import model_zoo
     except ImportError as e:
         raise FaceModelError(

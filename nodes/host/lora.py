@@ -93,8 +93,8 @@ def adapter_lora_patches(model, adapter: Adapter) -> dict:
         if up.ndim != 2 or down.ndim != 2 or up.shape[0] != w.shape[0] or down.shape[1] != w.shape[1] \
                 or up.shape[1] != down.shape[0]:
             raise IncompatibleError(
-                f"`{adapter.name}`: LoRA `{name}` is {tuple(up.shape)} x {tuple(down.shape)} but the model's `{key}` is "
-                f"{tuple(w.shape)}. The adapter was made for a different UNet layout.")
+                f"`{adapter.name}`: LoRA `{name}` is {tuple(up.shape)} x {tuple(down.shape)} but the model's `{key}` "
+                f"is {tuple(w.shape)}. The adapter was made for a different UNet layout.")
     return comfy.lora.load_lora(adapter.lora, targets, log_missing=False)
 
 
