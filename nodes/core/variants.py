@@ -103,6 +103,7 @@ class Variant:
     tokens: int  # image tokens per reference
     files: tuple[str, ...]  # official files with exactly this layout
     faceid: bool = False
+    lora: bool = False  # trained together with a LoRA on the UNet's attention (FaceID, FaceID Plus)
     note: str = ""
 
 
@@ -130,16 +131,17 @@ VARIANTS: tuple[Variant, ...] = (
             note="plus, plus-face and composition share this layout; they differ by training"),
     # FaceID families: recognised here, used through the FaceID nodes.
     Variant("sd15-faceid", "FaceID", Layout.FACEID_MLP, Feature.FACE_ID, "SD1.5", 512, 4,
-            ("ip-adapter-faceid_sd15.bin",), faceid=True),
+            ("ip-adapter-faceid_sd15.bin",), faceid=True, lora=True),
     Variant("sd15-faceid-plus", "FaceID Plus / Plus v2", Layout.FACEID_PLUS, Feature.FACE_ID_AND_PENULTIMATE,
             "SD1.5", 512, 4, ("ip-adapter-faceid-plusv2_sd15.bin", "ip-adapter-faceid-plus_sd15.bin"), faceid=True,
+            lora=True,
             note="Plus v1 and v2 share one layout; only the shortcut at run time differs"),
     Variant("sd15-faceid-portrait", "FaceID Portrait", Layout.FACEID_MLP, Feature.FACE_ID, "SD1.5", 512, 16,
             ("ip-adapter-faceid-portrait-v11_sd15.bin", "ip-adapter-faceid-portrait_sd15.bin"), faceid=True),
     Variant("sdxl-faceid", "FaceID", Layout.FACEID_MLP, Feature.FACE_ID, "SDXL", 512, 4,
-            ("ip-adapter-faceid_sdxl.bin",), faceid=True),
+            ("ip-adapter-faceid_sdxl.bin",), faceid=True, lora=True),
     Variant("sdxl-faceid-plus", "FaceID Plus v2", Layout.FACEID_PLUS, Feature.FACE_ID_AND_PENULTIMATE,
-            "SDXL", 512, 4, ("ip-adapter-faceid-plusv2_sdxl.bin",), faceid=True),
+            "SDXL", 512, 4, ("ip-adapter-faceid-plusv2_sdxl.bin",), faceid=True, lora=True),
     Variant("sdxl-faceid-portrait", "FaceID Portrait", Layout.FACEID_MLP, Feature.FACE_ID, "SDXL", 512, 16,
             ("ip-adapter-faceid-portrait_sdxl.bin",), faceid=True),
     Variant("sdxl-faceid-portrait-unnorm", "FaceID Portrait (unnorm)", Layout.RESAMPLER, Feature.FACE_ID,
@@ -169,6 +171,16 @@ class Detected:
     @property
     def faceid(self) -> bool:
         return self.feature in (Feature.FACE_ID, Feature.FACE_ID_AND_PENULTIMATE)
+
+    @property
+    def needs_lora(self) -> bool:
+        """Trained with a LoRA: LoRA tensors in the file say so, the table says so for official files, and for
+        unlisted files the FaceID layouts that the official LoRA-trained ones use (Plus; 4-token FaceID)."""
+        if self.has_lora:
+            return True
+        if self.variant is not None:
+            return self.variant.lora
+        return self.layout is Layout.FACEID_PLUS or (self.layout is Layout.FACEID_MLP and self.tokens == 4)
 
     @property
     def encoder(self) -> Encoder | None:

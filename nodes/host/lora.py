@@ -23,7 +23,6 @@ from comfy.ldm.modules.attention import SpatialTransformer
 
 from ..core.adapter import Adapter
 from ..core.errors import AdapterFileError, IncompatibleError
-from ..core.variants import Layout
 from .sites import find_sites
 
 log = logging.getLogger(__name__)
@@ -35,10 +34,7 @@ _BLOCKS = {"input_blocks": "input", "middle_block": "middle", "output_blocks": "
 
 def needs_lora(adapter: Adapter) -> bool:
     """FaceID and FaceID Plus (v1, v2) were trained with a LoRA; Portrait and Portrait-unnorm were not."""
-    det = adapter.detected
-    if not det.faceid:
-        return False
-    return det.has_lora or det.layout is Layout.FACEID_PLUS or (det.layout is Layout.FACEID_MLP and det.tokens == 4)
+    return adapter.detected.needs_lora
 
 
 def expected_lora_file(adapter: Adapter) -> str:
