@@ -274,3 +274,15 @@ def test_weight_zero_everywhere_leaves_sites_unpatched(tmp_path, sd15):
     adapter = make_adapter(tmp_path)
     patched = apply_node.apply_tokens(sd15, adapter, tokens_for(adapter), 0.0)
     assert not patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2")
+
+
+def test_fp16_files_project_like_fp32_ones(tmp_path):
+    widths = [s.width for s in sites_mod.find_sites(builders.build_unet("sd15"))]
+    state = builders.tiny_adapter_state("resampler", widths, input_width=64, tokens=8, seed=21)
+    full = adapter_mod.load_adapter(builders.save_safetensors(str(tmp_path / "fp32.safetensors"), state))
+    half = adapter_mod.load_adapter(builders.save_safetensors(str(tmp_path / "fp16.safetensors"),
+                                                              {k: v.half() for k, v in state.items()}))
+    assert next(half.projection.parameters()).dtype == torch.float16  # held as stored, not widened
+    a, b = tokens_for(full), tokens_for(half)
+    assert b.cond.dtype == torch.float32
+    torch.testing.assert_close(b.cond, a.cond, atol=2e-2, rtol=2e-2)

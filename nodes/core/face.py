@@ -21,7 +21,8 @@ import torch
 
 from .adapter import Adapter
 from .errors import IncompatibleError, InputError, LikenessError
-from .references import FaceIdentity, ImageFeatures, ImageTokens, References
+from .references import (FaceIdentity, ImageFeatures, ImageTokens, References, match_count,
+                         working_projection)
 from .variants import ENCODERS, Layout
 
 log = logging.getLogger(__name__)
@@ -218,12 +219,6 @@ def _crop_features(adapter: Adapter, refs: References, role: str) -> ImageFeatur
     return refs.image
 
 
-def _match_count(t: torch.Tensor, n: int) -> torch.Tensor:
-    if t.shape[0] >= n:
-        return t[:n]
-    return torch.cat([t, t[-1:].expand(n - t.shape[0], *t.shape[1:])])
-
-
 @torch.no_grad()
 def project_faces(adapter: Adapter, refs: References, negative: References | None = None,
                   device: torch.device | None = None, plus_v2: bool | None = None,
@@ -240,28 +235,25 @@ def project_faces(adapter: Adapter, refs: References, negative: References | Non
     n = faces.count
     raw = uses_raw_identity(adapter)
     cond_id = faces.raw if raw else faces.normed
-    uncond_id = torch.zeros_like(cond_id) if neg is None else _match_count(neg.raw if raw else neg.normed, n)
+    uncond_id = torch.zeros_like(cond_id) if neg is None else match_count(neg.raw if raw else neg.normed, n)
     device = device or torch.device("cpu")
-    proj = adapter.projection.to(device)
+    proj = working_projection(adapter, device)
 
     def run(*inputs, **kw):
         return proj(*(t.to(device, torch.float32) for t in inputs), **kw).float().cpu()
 
-    try:
-        if det.layout is Layout.FACEID_PLUS:
-            crops = _crop_features(adapter, refs, "references")
-            if neg is None:
-                uncond_crops = _match_count(crops.empty_penultimate, n)
-            else:
-                uncond_crops = _match_count(_crop_features(adapter, negative, "negative references").penultimate, n)
-            shortcut = plus_version_hint(adapter)[0] if plus_v2 is None else bool(plus_v2)
-            kw = dict(shortcut=shortcut, shortcut_scale=float(v2_weight))
-            cond = run(cond_id, crops.penultimate, **kw)
-            uncond = run(uncond_id, uncond_crops, **kw)
-        elif det.layout is Layout.RESAMPLER:
-            cond, uncond = run(cond_id[:, None]), run(uncond_id[:, None])
+    if det.layout is Layout.FACEID_PLUS:
+        crops = _crop_features(adapter, refs, "references")
+        if neg is None:
+            uncond_crops = match_count(crops.empty_penultimate, n)
         else:
-            cond, uncond = run(cond_id), run(uncond_id)
-    finally:
-        adapter.projection.to("cpu")
+            uncond_crops = match_count(_crop_features(adapter, negative, "negative references").penultimate, n)
+        shortcut = plus_version_hint(adapter)[0] if plus_v2 is None else bool(plus_v2)
+        kw = dict(shortcut=shortcut, shortcut_scale=float(v2_weight))
+        cond = run(cond_id, crops.penultimate, **kw)
+        uncond = run(uncond_id, uncond_crops, **kw)
+    elif det.layout is Layout.RESAMPLER:
+        cond, uncond = run(cond_id[:, None]), run(uncond_id[:, None])
+    else:
+        cond, uncond = run(cond_id), run(uncond_id)
     return ImageTokens(adapter.name, det.context_width, cond.shape[1], cond, uncond)

@@ -128,7 +128,16 @@ def _image_features(adapter: Adapter, refs: References, role: str) -> ImageFeatu
     return feats
 
 
-def _match_count(t: torch.Tensor, n: int) -> torch.Tensor:
+def working_projection(adapter: Adapter, device: torch.device):
+    """The adapter's projection in float32 on `device`: the stored module when it already is, else a temporary
+    copy (files are usually fp16, and the stored module stays as loaded so it is held once)."""
+    proj = adapter.projection
+    if next(proj.parameters()).dtype != torch.float32 or device.type != "cpu":
+        proj = copy.deepcopy(proj).to(device=device, dtype=torch.float32)
+    return proj
+
+
+def match_count(t: torch.Tensor, n: int) -> torch.Tensor:
     """Repeat the last row (or cut) so the uncond side has as many references as the cond side."""
     if t.shape[0] >= n:
         return t[:n]
@@ -157,13 +166,11 @@ def project_references(adapter: Adapter, refs: References, negative: References 
     n = feats.count
     if det.feature is Feature.IMAGE_EMBEDS:
         cond_in = feats.image_embeds
-        uncond_in = torch.zeros_like(cond_in) if neg is None else _match_count(neg.image_embeds, n)
+        uncond_in = torch.zeros_like(cond_in) if neg is None else match_count(neg.image_embeds, n)
     else:
         cond_in = feats.penultimate
-        uncond_in = _match_count(feats.empty_penultimate if neg is None else neg.penultimate, n)
-    proj = adapter.projection
-    if next(proj.parameters()).dtype != torch.float32 or device.type != "cpu":
-        proj = copy.deepcopy(proj).to(device=device, dtype=torch.float32)  # a temporary fp32 copy to compute in
+        uncond_in = match_count(feats.empty_penultimate if neg is None else neg.penultimate, n)
+    proj = working_projection(adapter, device)
     cond = proj(cond_in.to(device, torch.float32)).float().cpu()
     uncond = proj(uncond_in.to(device, torch.float32)).float().cpu()
     return ImageTokens(adapter.name, det.context_width, cond.shape[1], cond, uncond)
