@@ -198,3 +198,20 @@ def test_identity_of_the_wrong_width():
     refs = refs_mod.References(face=refs_mod.FaceIdentity("small_pack", raw / raw.norm(), raw))
     with pytest.raises(errors.IncompatibleError, match="512-wide identity embeddings.*128-wide.*small_pack"):
         refs_mod.project_references(adapter, refs)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("layout", ["faceid", "plus"])
+def test_fp16_faceid_files_project_like_fp32(layout):
+    """Official FaceID files are fp16; the projection is held as stored and computed in float32."""
+    adapter, state = tiny(layout, f"ip-adapter-faceid-{layout}_sd15.bin", seed=9)
+    half_state = {k: v.half() for k, v in state.items()}
+    half = adapter_mod.Adapter(adapter.name, adapter.detected,
+                               projection.build_projection(adapter.detected.layout, half_state), {})
+    assert next(half.projection.parameters()).dtype == torch.float16
+    refs = face_refs(2, seed=9, hidden=48 if layout == "plus" else None)
+    kw = {"faceid_plus_v2": True} if layout == "plus" else {}
+    want = refs_mod.project_references(adapter, refs, **kw)
+    got = refs_mod.project_references(half, refs, **kw)
+    assert got.cond.dtype == torch.float32
+    close(got.cond, want.cond, 5e-2)
