@@ -73,7 +73,7 @@ def _post(url: str, value) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(workflow_models, models_dir, tmp_path_factory):
+def server(workflow_models, tmp_path_factory):
     missing = _missing_tools()
     if missing:
         pytest.fail("the browser test needs: " + "; ".join(missing) + ". .ci/run installs them.", pytrace=False)
@@ -86,8 +86,8 @@ def server(workflow_models, models_dir, tmp_path_factory):
         module = "comfyui-likeness"
         (custom / module).symlink_to(PACK, target_is_directory=True)
     (custom / "likeness_tiny_loaders").symlink_to(BROWSER_DIR / "tiny_loaders", target_is_directory=True)
-    paths = {"custom_nodes": custom, "ipadapter": models_dir / "ipadapter", "clip_vision": models_dir / "clip_vision",
-             "checkpoints": workflow_models / "checkpoints", "loras": workflow_models / "loras"}
+    paths = {"custom_nodes": custom, **{k: workflow_models / k for k in (
+        "ipadapter", "clip_vision", "checkpoints", "loras", "insightface")}}
     config = root / "extra_model_paths.yaml"
     config.write_text("likeness_browser_test:\n" + "".join(f"    {k}: {v}\n" for k, v in paths.items()))
     (root / "user").mkdir()
@@ -153,6 +153,7 @@ def test_workflows_load_and_run_in_the_browser(server, vue):
     assert report["extensionLoaded"] == [f"/extensions/{server['module']}/js/likeness.js"], report["extensionLoaded"]
     assert sorted(report["templates"].get(server["module"], [])) == sorted(p.stem for p in tw.WORKFLOWS)
     assert not _ours(report["baselineErrors"]), report["baselineErrors"]
+    assert report["doubleLoad"] == 1 and not report["doubleLoadErrors"], (report["doubleLoad"], report["doubleLoadErrors"])
     version = tuple(int(x) for x in (report["frontendVersion"] or "0.0").split(".")[:2])
     # The Vue renderer shows DOM widgets only after frontend 1.27 (see web/js/likeness.js); the classic one always.
     panels_render = not vue or version > (1, 27)
@@ -164,6 +165,12 @@ def test_workflows_load_and_run_in_the_browser(server, vue):
         assert not result["errors"], f"{where}: new console errors {result['errors']}"
         workflow = json.loads((PACK / "workflows" / f"{name}.json").read_text())
         assert _comparable(result["prompt"]) == _comparable(tw.ui_to_prompt(workflow)), f"{where}: graphToPrompt differs"
+        if result["follows"]:  # after weight_type -> composition, weight -> 0.5: only the layout blocks, at 0.5
+            assert "composition" in result["follows"]["text"] and "max 0.50" in result["follows"]["text"], result["follows"]
+            assert int(result["follows"]["active"]) < 16, result["follows"]
+        saved = result["saved"]  # what "Save" would write now: the shipped file must survive the round trip
+        assert [n["widgets_values"] for n in saved["nodes"]] == [n["widgets_values"] for n in workflow["nodes"]], where
+        assert saved["links"] == workflow["links"], f"{where}: the frontend rewires the links"
         for node in result["nodes"]:
             if node["type"] in ("LikenessApply", "LikenessAdapterLoader") and panels_render:
                 assert (node["chart"] or node["info"])["shown"], f"{where}: the panel is not visible on {node}"
@@ -172,6 +179,7 @@ def test_workflows_load_and_run_in_the_browser(server, vue):
                 assert node["chart"]["layout"] in ("sd15", "sdxl") and "guessed" not in node["chart"]["text"], node
             if node["type"] == "LikenessAdapterLoader":
                 assert node["info"] and node["info"]["family"] and "needs" in node["info"]["text"], f"{where}: {node}"
+    assert report["workflows"][RUN]["follows"], "the chart-follows-widgets check did not run"
     run = report["run"]
     assert run["status"] == "success", f"{report['mode']}: queued {RUN}: {run}"
     assert any(o.get("images") for o in run["outputs"].values()), run["outputs"]
@@ -196,6 +204,38 @@ def test_routes_serve_the_backend_formulas(server):
     assert len(table["sites"]) == 70 and active == {("output", 1)}
     info = _get(server["base"] + "/api/likeness/adapter_info?name=ip-adapter-plus_sdxl_vit-h.safetensors")
     assert info["layout"] == "sdxl" and "70 cross-attention sites" in info["family"]  # a tiny SDXL-layout file
+    missing = _get(server["base"] + "/api/likeness/adapter_info?name=nope.safetensors")
+    assert "not in the ipadapter folders" in missing["error"]
     with pytest.raises(urllib.error.HTTPError) as e:
         _get(server["base"] + "/api/likeness/weights?weight_type=strongest")
     assert e.value.code == 400
+
+
+def test_routes_are_added_once_and_need_no_server():
+    """The pack may be imported twice (two folder names); the routes must be added once, and not at all
+    when no server runs (as in these tests)."""
+    from aiohttp import web
+
+    from conftest import pack
+
+    routes = pack("nodes.host.routes")
+    routes.register()  # no PromptServer.instance in the test process: nothing happens
+
+    class FakeServer:
+        def __init__(self):
+            self.routes = web.RouteTableDef()
+
+    import server as comfy_server
+
+    previous = getattr(comfy_server.PromptServer, "instance", None)
+    comfy_server.PromptServer.instance = fake = FakeServer()
+    try:
+        routes.register()
+        routes.register()
+    finally:
+        if previous is None:
+            del comfy_server.PromptServer.instance
+        else:
+            comfy_server.PromptServer.instance = previous
+    paths = sorted(r.path for r in fake.routes)
+    assert paths == ["/likeness/adapter_info", "/likeness/weights"]

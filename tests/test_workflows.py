@@ -19,16 +19,21 @@ test loaders of tests/browser/tiny_loaders (see that module for how the tiny mod
 
 Everything else runs exactly as shipped, with the shipped widget values: `LikenessAdapterLoader` loads
 tiny adapters written under the official file names (layout, encoder feature and base model taken from
-the variants table, sized for the tiny models), `LoraLoaderModelOnly` loads a tiny LoRA under the shipped
-name, `LoadImage` reads the example images shipped in workflows/inputs/, and CLIPTextEncode, KSampler
-(all its steps), VAEDecode and SaveImage are the real nodes.
+the variants table, sized for the tiny models; FaceID ones in the .bin layout with their LoRA),
+`LikenessFaceModelLoader` loads the synthetic insightface-compatible ONNX pack of tests/face_models.py
+written under the shipped pack name, `LoraLoaderModelOnly` loads a tiny LoRA under the shipped name,
+`LoadImage` reads the example images shipped in workflows/inputs/, and CLIPTextEncode, KSampler (all
+its steps), VAEDecode and SaveImage are the real nodes. The tiny files live in folders of their own,
+searched first while this module runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -37,6 +42,7 @@ import pytest
 import torch
 
 import builders
+import face_models
 import folder_paths
 import nodes
 from conftest import PACK, pack, run_prompt
@@ -159,6 +165,8 @@ def problems_in(workflow: dict) -> list[str]:
         linked = set()
         for slot_index, slot in enumerate(node.get("inputs") or []):
             name = slot["name"]
+            if name == "upload" and slot.get("link") is None and any(o.get("image_upload") for _, _, o in specs.values()):
+                continue  # the frontend's upload button, saved as a widget input next to the file combo
             if name not in specs:
                 out.append(f"{where}: input `{name}` does not exist (inputs: {', '.join(specs)})")
                 continue
@@ -229,15 +237,27 @@ def write_tiny_adapter(folder: Path, name: str) -> None:
     """A tiny adapter in the official file's layout: same projection kind, encoder feature and base model."""
     variants = pack("nodes.core.variants")
     variant = next(v for v in variants.VARIANTS if name in v.files)
-    assert not variant.faceid, f"{name}: FaceID adapters need the face model swap (not written yet)"
+    kind = "sdxl" if variant.family == "SDXL" else "sd15"
+    widths = [s.width for s in pack("nodes.host.sites").find_sites(tiny_loaders.tiny_model(kind))]
+    if variant.faceid:
+        layout = {variants.Layout.FACEID_PLUS: "plus", variants.Layout.RESAMPLER: "portrait-unnorm",
+                  variants.Layout.FACEID_MLP: "faceid" if variant.tokens == 4 else "portrait"}[variant.layout]
+        state = face_models.tiny_faceid_state(layout, widths, clip_width=TINY_ENCODERS[1280]["hidden"], seed=len(name))
+        if name.endswith(".bin"):  # the official .bin layout: {"image_proj": {...}, "ip_adapter": {...}}
+            nested = {}
+            for key, value in state.items():
+                group, rest = key.split(".", 1)
+                nested.setdefault(group, {})[rest] = value
+            torch.save(nested, folder / name)
+        else:
+            builders.save_safetensors(str(folder / name), state)
+        return
     encoder = variants.encoder_by_width(variant.input_width, variant.feature)
     tiny = TINY_ENCODERS[encoder.hidden_width]
     layout = {variants.Layout.LINEAR: "linear", variants.Layout.RESAMPLER: "resampler",
               variants.Layout.MLP_PER_TOKEN: "full"}[variant.layout]
     width = tiny["projection"] if variant.feature is variants.Feature.IMAGE_EMBEDS else tiny["hidden"]
-    kind = "sdxl" if variant.family == "SDXL" else "sd15"
-    sites = pack("nodes.host.sites").find_sites(tiny_loaders.tiny_model(kind))
-    state = builders.tiny_adapter_state(layout, [s.width for s in sites], input_width=width,
+    state = builders.tiny_adapter_state(layout, widths, input_width=width,
                                         tokens=variant.tokens if layout != "full" else 4, seed=len(name))
     builders.save_safetensors(str(folder / name), state)
 
@@ -254,6 +274,19 @@ def write_tiny_lora(path: Path, kind: str, rank: int = 4) -> None:
     builders.save_safetensors(str(path), state)
 
 
+@contextlib.contextmanager
+def first_model_folder(kind: str, path: str):
+    """`path` searched first for `kind` while in use (so the tiny files shadow same-named ones of other tests)."""
+    folder_paths.add_model_folder_path(kind, path, is_default=True)
+    try:
+        yield path
+    finally:
+        paths = folder_paths.folder_names_and_paths[kind][0]
+        if path in paths:
+            paths.remove(path)
+        folder_paths.filename_list_cache.pop(kind, None)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """Tiny models on a shared 2-core machine: thread hand-offs cost more than the maths (50 s -> 4 s a run)."""
@@ -267,33 +300,39 @@ def one_torch_thread():
 def workflow_models(models_dir, tmp_path_factory):
     """Tiny stand-ins under every file name the workflows use, and the example images in the input folder."""
     workflows = [_load(p) for p in WORKFLOWS]
+    extra = tmp_path_factory.mktemp("workflow_models")
+    stack = contextlib.ExitStack()  # every folder registered here comes first, and is unregistered after the module
+    for folder in ("ipadapter", "clip_vision", "checkpoints", "loras", "insightface"):
+        (extra / folder).mkdir()
+        stack.enter_context(first_model_folder(folder, str(extra / folder)))
     for name in _file_widgets(workflows, "CLIPVisionLoader", "clip_name"):
         hidden = 1664 if "bigG" in name else 1280
-        builders.write_tiny_clip_vision(str(models_dir / "clip_vision"), Path(name).stem, seed=hidden,
+        builders.write_tiny_clip_vision(str(extra / "clip_vision"), Path(name).stem, seed=hidden,
                                         **TINY_ENCODERS[hidden])
     for name in _file_widgets(workflows, "LikenessAdapterLoader", "adapter_name"):
-        write_tiny_adapter(models_dir / "ipadapter", name)
-    extra = tmp_path_factory.mktemp("workflow_models")
-    for folder in ("checkpoints", "loras"):
-        (extra / folder).mkdir()
-        folder_paths.add_model_folder_path(folder, str(extra / folder), is_default=True)
+        write_tiny_adapter(extra / "ipadapter", name)
     for name in _file_widgets(workflows, "CheckpointLoaderSimple", "ckpt_name"):
         (extra / "checkpoints" / name).write_bytes(b"")  # listed for the combo; the tiny loader builds the model
     for wf in workflows:
         ckpts = _file_widgets([wf], "CheckpointLoaderSimple", "ckpt_name")
         for name in _file_widgets([wf], "LoraLoaderModelOnly", "lora_name"):
             write_tiny_lora(extra / "loras" / name, tiny_loaders.kind_for(next(iter(ckpts))))
+    for name in _file_widgets(workflows, "LikenessFaceModelLoader", "model_pack"):
+        face_models.write_pack(str(extra / "insightface" / "models" / name))  # synthetic ONNX models (see there)
     inputs = tmp_path_factory.mktemp("input")
     for image in (PACK / "workflows" / "inputs").glob("*.png"):
         shutil.copy(image, inputs / image.name)
-    previous = folder_paths.get_input_directory()
+    previous = folder_paths.get_input_directory(), folder_paths.get_output_directory()
     folder_paths.set_input_directory(str(inputs))
+    folder_paths.set_output_directory(str(tmp_path_factory.mktemp("workflow_output")))  # others check theirs
     for path in WORKFLOWS:  # "save then load": the load examples name the file the save examples write first
         if any(n["type"] == "LikenessSaveReferences" for n in _load(path)["nodes"]):
             result = run_prompt(test_prompt(_load(path)))
             assert result.success, f"{path.name}: {result.error or result.execution_error()}"
     yield extra
-    folder_paths.set_input_directory(previous)
+    folder_paths.set_input_directory(previous[0])
+    folder_paths.set_output_directory(previous[1])
+    stack.close()
 
 
 def test_prompt(workflow: dict) -> dict:
@@ -385,3 +424,24 @@ def test_the_checks_catch_broken_workflows(workflow_models):
                      "input `unet` does not exist", "carries LATENT", "LikenessApplyTurbo): no such node type",
                      "required input `model` (MODEL) is not connected"):
         assert expected in found, found
+
+
+def test_every_node_has_a_help_page_that_covers_its_inputs_and_tooltips():
+    """web/docs/<NodeId>.md (shown by ComfyUI's node help panel) names every input; every input has a tooltip."""
+    from conftest import LIKENESS_NODES
+
+    problems = []
+    for node_id in LIKENESS_NODES:
+        if node_id.startswith("LikenessTest"):
+            continue
+        page = PACK / "web" / "docs" / f"{node_id}.md"
+        text = page.read_text() if page.is_file() else ""
+        if not text:
+            problems.append(f"{node_id}: no web/docs/{node_id}.md")
+        for name, (_, _, opts) in input_specs(node_id).items():
+            numbered = re.fullmatch(r"(.+_)\d+", name)  # references_1 ... references_12: one row for the family
+            if text and f"`{name}`" not in text and not (numbered and f"`{numbered.group(1)}" in text):
+                problems.append(f"{node_id}: the help page does not mention input `{name}`")
+            if not opts.get("tooltip"):
+                problems.append(f"{node_id}: input `{name}` has no tooltip")
+    assert not problems, "\n".join(problems)

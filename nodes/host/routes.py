@@ -4,7 +4,8 @@
   gets, computed by core.schedules.site_weights on the real SD1.5 / SDXL site layouts (built once on the meta
   device), so the chart on Likeness Apply never re-implements the formulas.
 * `GET /likeness/adapter_info?name=...`: what an adapter file in models/ipadapter is, read from its
-  safetensors header only (the same summary the loader shows after a run).
+  safetensors header only (the same summary the loader shows after a run); `{"error": ...}` when the file is
+  missing or not an adapter.
 
 Registered on ComfyUI's server when there is one; importing this module never needs a server.
 """
@@ -118,13 +119,15 @@ def add_routes(routes) -> None:
 
     @routes.get("/likeness/adapter_info")
     async def get_adapter_info(request):
+        # A file that is missing or is not an adapter is an answer for the node to show, not a failed request
+        # (browsers log every 4xx as a console error): 200 with {"error": ...}.
         name = request.rel_url.query.get("name", "")
         if name not in folders.adapter_files():
-            return problem(404, f"adapter `{name}` is not in the ipadapter folders; press R to refresh the lists.")
+            return problem(200, f"adapter `{name}` is not in the ipadapter folders; press R to refresh the lists.")
         try:
             return web.json_response(adapter_info(name))
         except (LikenessError, OSError, ValueError) as e:
-            return problem(422, str(e))
+            return problem(200, str(e))
 
 
 def register() -> None:

@@ -53,8 +53,17 @@ try {
     return urls.filter((u) => u.includes("likeness"));
   });
 
+  // The pack loaded twice (two folder names, or a frontend that re-imports extensions): the second copy of the
+  // module must neither throw nor register a second extension.
+  report.doubleLoad = await page.evaluate(async (module) => {
+    await import(`/extensions/${module}/js/likeness.js?second-copy=1`);
+    const { app } = window.comfyAPI.app;
+    return (app.extensions || []).filter((e) => e.name === "likeness.frontend").length;
+  }, MODULE);
+  report.doubleLoadErrors = errors.splice(0);
+
   for (const name of WORKFLOWS) {
-    const result = await page.evaluate(async ({ module, name, vue }) => {
+    const result = await page.evaluate(async ({ module, name, vue, check }) => {
       const app = window.comfyAPI.app.app;
       const wf = await (await fetch(`/api/workflow_templates/${module}/${name}.json`)).json();
       await app.loadGraphData(wf, true, true, name);
@@ -75,10 +84,24 @@ try {
             shown: !!info.isConnected && info.getClientRects().length > 0 } : null,
         };
       });
+      // The chart follows the widgets (checked on the RUN workflow): change weight_type and weight, then put them back.
+      let follows = null;
+      const apply = check && app.graph.nodes.find((n) => n.type === "LikenessApply");
+      if (apply) {
+        const w = (k) => apply.widgets.find((x) => x.name === k);
+        const chart = w("likeness_weight_chart").element;
+        const before = [w("weight_type").value, w("weight").value];
+        w("weight_type").value = "composition";
+        w("weight").value = 0.5;
+        await new Promise((r) => setTimeout(r, 1500));
+        follows = { active: chart.dataset.active, text: chart.textContent.split("output").pop() };
+        [w("weight_type").value, w("weight").value] = before;
+        await new Promise((r) => setTimeout(r, 1000));
+      }
       const dialogs = [...document.querySelectorAll("[role=dialog]")].map((d) => d.innerText.slice(0, 300));
       const prompt = (await app.graphToPrompt()).output;
-      return { nodes, dialogs, prompt };
-    }, { module: MODULE, name, vue: VUE });
+      return { nodes, dialogs, prompt, saved: app.graph.serialize(), follows };
+    }, { module: MODULE, name, vue: VUE, check: name === RUN });
     result.errors = errors.splice(0);
     report.workflows[name] = result;
     await page.screenshot({ path: `${env.LIKENESS_SHOTS}/${mode}-${name}.png` });

@@ -85,13 +85,13 @@ function adapterName(node) {
 function drawChart(root, table, note) {
   root.replaceChildren();
   const sites = table.sites;
-  const W = 300, H = 70, gap = sites.length > 30 ? 0.5 : 1.5;
+  const W = 300, H = 56, gap = sites.length > 30 ? 0.5 : 1.5;
   const max = Math.max(1e-6, ...sites.map((s) => Math.abs(s.weight)));
   const zero = sites.some((s) => s.weight < 0) ? H / 2 : H;
   const scale = (zero === H ? H - 2 : H / 2 - 2) / max;
   const bw = W / sites.length;
   const active = sites.filter((s) => Math.abs(s.weight) > 1e-9).length;
-  const chart = svg("svg", { viewBox: `0 0 ${W} ${H + 12}`, width: "100%", height: 82, role: "img",
+  const chart = svg("svg", { viewBox: `0 0 ${W} ${H + 12}`, width: "100%", height: 68, role: "img",
     "aria-label": `${active} of ${sites.length} cross-attention sites active; largest weight ${max.toFixed(2)}` });
   sites.forEach((s, i) => {
     const h = Math.abs(s.weight) * scale;
@@ -124,10 +124,18 @@ function setupApply(node) {
   let shown = "", manualLayout = null;
   root.title = "Weight each cross-attention site gets (input blocks, middle, output blocks). Click to switch SD1.5 / SDXL when no adapter loader is connected.";
   root.style.cursor = "pointer";
-  root.addEventListener("click", () => {
+  root.tabIndex = 0;
+  const toggle = () => {
     manualLayout = (root.dataset.layout || "sd15") === "sd15" ? "sdxl" : "sd15";
     shown = "";
     refresh();
+  };
+  root.addEventListener("click", toggle);
+  root.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      toggle();
+    }
   });
   async function refresh() {
     const weight = Number(widgetValue(node, "weight") ?? 1), weightType = widgetValue(node, "weight_type") ?? "linear";
@@ -182,7 +190,7 @@ function showInfo(root, info) {
 }
 
 function watch(node, refresh) {
-  refresh();
+  setTimeout(refresh, 0); // after a loaded workflow has set the saved widget values, not on the defaults
   const timer = setInterval(() => {
     if (!node.graph) return; // removed, or not yet added
     refresh();
