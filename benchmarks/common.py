@@ -123,17 +123,19 @@ def interleaved(configs: dict, rounds: int, repeat: int = 1, warmup: int = 1) ->
     out = {}
     for n in names:
         ratios = [t / b for t, b in zip(times[n], times[base])]
-        out[n] = {"median_s": statistics.median(times[n]), "paired_ratio": statistics.median(ratios)}
+        out[n] = {"median_s": statistics.median(times[n]), "paired_ratio": statistics.median(ratios),
+                  "min_s": min(times[n])}
     return out
 
 
 def report(title: str, results: dict, unit: float = 1e3, unit_name: str = "ms") -> None:
     print(f"\n{title}")
-    base = next(iter(results.values()))["median_s"]
+    first = next(iter(results.values()))
     for name, r in results.items():
-        over = (r["median_s"] / base - 1) * 100
+        over = (r["median_s"] / first["median_s"] - 1) * 100
+        over_min = (r["min_s"] / first["min_s"] - 1) * 100
         print(f"  {name:<28} {r['median_s'] * unit:10.2f} {unit_name}   {over:+7.1f} % (medians)   "
-              f"{(r['paired_ratio'] - 1) * 100:+7.1f} % (paired)")
+              f"{(r['paired_ratio'] - 1) * 100:+7.1f} % (paired)   {over_min:+7.1f} % (minimums)")
 
 
 def leading_pack():

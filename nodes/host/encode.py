@@ -60,6 +60,7 @@ def sharpen_images(image: torch.Tensor, amount: float) -> torch.Tensor:
     return (x + amount * (x - blurred)).clamp(0, 1).movedim(1, -1)
 
 
+@torch.no_grad()  # ComfyUI runs nodes under inference mode; direct callers must not build autograd graphs either
 def encode_references(clip_vision, image: torch.Tensor, crop: str = "center", sharpen: float = 0.0,
                       mask: torch.Tensor | None = None, batch_size: int = 0, source: str = "") -> References:
     image = prepare_images(image, crop, sharpen, mask, _encoder_mean(clip_vision, image.device, torch.float32))
