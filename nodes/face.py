@@ -13,7 +13,7 @@ FaceModel = types.FaceModel
 host_face.warn_if_runtime_shadowed()
 
 
-def _pack_options() -> list[str]:
+def pack_options() -> list[str]:
     # The usual packs are listed even before they are downloaded, so choosing one says where its files go.
     return sorted(set(host_face.pack_names()) | set(host_face.KNOWN_PACKS))
 
@@ -28,7 +28,7 @@ class LikenessFaceModelLoader(io.ComfyNode):
             description="Loads an insightface model pack (face detector + recogniser) from "
                         "models/insightface/models/<pack>/. The IP-Adapter FaceID models were trained with buffalo_l.",
             inputs=[
-                io.Combo.Input("model_pack", options=_pack_options(), default="buffalo_l",
+                io.Combo.Input("model_pack", options=pack_options(), default="buffalo_l",
                                tooltip="A folder of .onnx files in models/insightface/models. buffalo_l for "
                                        "IP-Adapter FaceID; antelopev2 is what InstantID and PuLID use."),
                 io.Combo.Input("provider", options=list(host_face.PROVIDER_CHOICES), default="auto",

@@ -12,9 +12,12 @@ from comfy_api.v0_0_2 import io, ui
 from . import types
 from .core.errors import IncompatibleError
 from .doctor import report
+from .face import pack_options
 from .core.presets import PRESETS, MissingModelError, choice_for, missing_message, rank_adapters
 from .core.variants import Detected, Encoder, family_name
 from .host import catalog
+from .host.face import load_face_model
+from .host.lora import apply_faceid_lora
 from .host.sites import find_sites
 from .loaders import cached_adapter
 
@@ -92,7 +95,7 @@ class LikenessUnifiedLoader(io.ComfyNode):
                                tooltip="FaceID presets: strength of the LoRA trained with the adapter, applied to "
                                        "the returned MODEL. 0.6 keeps the base model's style; 1.0 is the "
                                        "reference setting."),
-                io.Combo.Input("face_model_pack", options=["buffalo_l", "antelopev2"], default="buffalo_l",
+                io.Combo.Input("face_model_pack", options=pack_options(), default="buffalo_l",
                                tooltip="FaceID presets: the insightface pack in models/insightface/models/."),
             ],
             outputs=[io.Model.Output(display_name="model"), types.Adapter.Output(display_name="adapter"),
@@ -111,9 +114,6 @@ class LikenessUnifiedLoader(io.ComfyNode):
         clip_vision = load_clip_vision(clip_entry) if clip_entry else None
         face_model = None
         if choice.face:
-            from .host.face import load_face_model
-            from .host.lora import apply_faceid_lora
-
             face_model = load_face_model(face_model_pack, "auto")
             model = apply_faceid_lora(model, adapter, faceid_lora_strength)
         text = f"{preset} on {family}: adapter `{entry.name}`" + (f", encoder `{clip_entry.name}`" if clip_entry

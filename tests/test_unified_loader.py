@@ -145,3 +145,19 @@ def test_doctor_node_runs_in_the_executor(models_dir):
     assert result.success, result.execution_error()
     text = result.executor.history_result["outputs"]["1"]["text"][0]
     assert "Presets for SD1.5" in text and "Presets for SDXL" in text
+
+
+def test_faceid_preset_returns_face_model_and_the_lora_once(folders, tmp_path_factory):
+    import face_models as fm
+
+    lora_mod = pack("nodes.host.lora")
+    put(folders / "ipadapter", "faceid.safetensors", builders.official_shapes("ip-adapter-faceid_sd15.bin"))
+    model = builders.build_unet("sd15", tiny=False)
+    with fm.insightface_folder(tmp_path_factory):
+        out = unified.LikenessUnifiedLoader.execute(model, "FACEID", 0.6, fm.PACK)
+    patched, adapter, clip_vision, face_model = out.args
+    assert clip_vision is None and face_model is not None and adapter.detected.variant.key == "sd15-faceid"
+    assert patched is not model and patched.model_options[lora_mod.APPLIED] == {"faceid.safetensors": 0.6}
+    assert len(patched.patches) == 16 * 2 * 4  # q, k, v, out of attn1 and attn2 at every site
+    assert lora_mod.apply_faceid_lora(patched, adapter, 1.0) is patched  # Apply downstream does not double it
+    assert not model.patches
