@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import os
 import sys
 import uuid
@@ -82,21 +83,6 @@ class LikenessTestTinyUNet:
         return (_models[key], builders.conditioning(kind, seed=seed + 1), builders.conditioning(kind, seed=seed + 2))
 
 
-class LikenessTestTinyCLIPVision:
-    """Stands in for CLIPVisionLoader: reads a tiny CLIP vision file (+ its JSON config) from models/clip_vision."""
-
-    CATEGORY = "testing"
-    RETURN_TYPES = ("CLIP_VISION",)
-    FUNCTION = "load"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"clip_name": (folder_paths.get_filename_list("clip_vision"),)}}
-
-    def load(self, clip_name):
-        return (builders.load_tiny_clip_vision(folder_paths.get_full_path_or_raise("clip_vision", clip_name)),)
-
-
 class LikenessTestCapture:
     """Output node: keeps the sampled latent so tests can compare runs."""
 
@@ -114,7 +100,18 @@ class LikenessTestCapture:
         return {}
 
 
-for _cls in (LikenessTestTinyUNet, LikenessTestTinyCLIPVision, LikenessTestCapture):
+def _load_tiny_loaders():
+    """The stand-ins for the checkpoint and CLIP vision loaders that the workflow and browser tests share."""
+    path = PACK / "tests" / "browser" / "tiny_loaders" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("likeness_tiny_loaders", path, submodule_search_locations=[])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tiny_loaders = _load_tiny_loaders()
+for _cls in (LikenessTestTinyUNet, LikenessTestCapture, tiny_loaders.LikenessTestTinyCLIPVision,
+             tiny_loaders.LikenessTestTinyCheckpoint):
     nodes.NODE_CLASS_MAPPINGS[_cls.__name__] = _cls
 
 

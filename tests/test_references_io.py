@@ -24,26 +24,26 @@ io_nodes = pack("nodes.references_io")
 errors = pack("nodes.core.errors")
 
 
+def _swap_folder(tmp_path, name, get, set_):
+    """A temporary ComfyUI folder in place of the shared one while a test runs."""
+    before = get()
+    folder = tmp_path / name
+    folder.mkdir()
+    set_(str(folder))
+    yield folder
+    set_(before)
+
+
 @pytest.fixture
 def input_dir(tmp_path):
     """A temporary ComfyUI input folder (the real one is never written)."""
-    before = folder_paths.get_input_directory()
-    folder = tmp_path / "input"
-    folder.mkdir()
-    folder_paths.set_input_directory(str(folder))
-    yield folder
-    folder_paths.set_input_directory(before)
+    yield from _swap_folder(tmp_path, "input", folder_paths.get_input_directory, folder_paths.set_input_directory)
 
 
 @pytest.fixture
 def output_dir(tmp_path):
     """A temporary, empty ComfyUI output folder (other tests save into the shared one)."""
-    before = folder_paths.get_output_directory()
-    folder = tmp_path / "output"
-    folder.mkdir()
-    folder_paths.set_output_directory(str(folder))
-    yield folder
-    folder_paths.set_output_directory(before)
+    yield from _swap_folder(tmp_path, "output", folder_paths.get_output_directory, folder_paths.set_output_directory)
 
 
 @pytest.fixture

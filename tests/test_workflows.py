@@ -30,7 +30,6 @@ searched first while this module runs.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -45,23 +44,13 @@ import builders
 import face_models
 import folder_paths
 import nodes
-from conftest import PACK, pack, run_prompt
+from conftest import PACK, pack, run_prompt, tiny_loaders
 
 WORKFLOWS = sorted((PACK / "workflows").glob("*.json"))
 UI_ONLY = {"Note", "MarkdownNote"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
-def _load_tiny_loaders():
-    path = PACK / "tests" / "browser" / "tiny_loaders" / "__init__.py"
-    spec = importlib.util.spec_from_file_location("likeness_tiny_loaders", path, submodule_search_locations=[])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tiny_loaders = _load_tiny_loaders()
-nodes.NODE_CLASS_MAPPINGS.setdefault("LikenessTestTinyCheckpoint", tiny_loaders.LikenessTestTinyCheckpoint)
 SWAPS = dict(tiny_loaders.SWAPS)
 
 
