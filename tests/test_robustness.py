@@ -167,3 +167,39 @@ def test_offload_and_reload_give_identical_results(adapters, sd15):
     replace.to(torch.device("cpu"))  # what ComfyUI calls on offload; device copies are dropped and remade
     assert replace.prompts[0]._placed is None or replace.prompts[0]._placed[0][0].type == "cpu"
     assert torch.equal(sample(patched), first)
+
+
+merge_node = pack("nodes.merge")
+MERGE_MODES = pack("nodes.core.merge").MERGE_MODES
+
+
+@SETTINGS
+@given(counts=st.lists(st.integers(1, 3), min_size=1, max_size=4), mode=st.sampled_from(MERGE_MODES),
+       weights=st.one_of(st.just(""), st.lists(st.sampled_from(["0", "1", "0.5", "2", "-1", "x", ""]), min_size=1,
+                                                max_size=8).map(", ".join)),
+       drop=st.booleans(), threshold=st.floats(-1, 1), layout=st.sampled_from(["linear", "resampler"]))
+def test_merge_then_project_and_apply_never_crash_raw(adapters, sd15, counts, mode, weights, drop, threshold,
+                                                      layout):
+    """Any merge either works all the way to a patched model or is refused with a LikenessError."""
+    inputs = {merge_node.slot_name(i + 1): make_refs_for(n, seed=i) for i, n in enumerate(counts)}
+    try:
+        if merge_node.LikenessMergeReferences.validate_inputs(weights=weights) is not True:
+            return  # the queue refuses it before running, with the message validate_inputs returned
+        merged = merge_node.LikenessMergeReferences.execute(mode, weights, drop, threshold, **inputs).args[0]
+        adapter = adapters[layout]
+        tokens = references.project_references(adapter, merged)
+        apply_node.apply_tokens(sd15, adapter, tokens, 1.0)
+    except errors.LikenessError as e:
+        assert str(e)
+        return
+    assert merged.count >= 1
+
+
+EMPTY = torch.randn(1, 17, 64, generator=torch.Generator().manual_seed(99))  # one encoder for every input
+
+
+def make_refs_for(n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return references.References.from_images(references.EncoderInfo.from_widths(64, 32),
+                                              torch.randn(n, 32, generator=gen), torch.randn(n, 17, 64, generator=gen),
+                                              EMPTY)
