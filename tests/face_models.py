@@ -189,12 +189,12 @@ PACK = "synth_l"
 
 
 @contextlib.contextmanager
-def model_folder(kind: str, path: str):
-    """`path` registered as a ComfyUI model folder of `kind` (as extra_model_paths.yaml would add it), and
-    unregistered afterwards so that later tests see the folders they expect."""
+def model_folder(kind: str, path: str, first: bool = False):
+    """`path` registered as a ComfyUI model folder of `kind` (as extra_model_paths.yaml would add it; searched
+    before the others when `first`), and unregistered afterwards so that later tests see the folders they expect."""
     import folder_paths
 
-    folder_paths.add_model_folder_path(kind, path)
+    folder_paths.add_model_folder_path(kind, path, is_default=first)
     try:
         yield path
     finally:

@@ -263,19 +263,6 @@ def write_tiny_lora(path: Path, kind: str, rank: int = 4) -> None:
     builders.save_safetensors(str(path), state)
 
 
-@contextlib.contextmanager
-def first_model_folder(kind: str, path: str):
-    """`path` searched first for `kind` while in use (so the tiny files shadow same-named ones of other tests)."""
-    folder_paths.add_model_folder_path(kind, path, is_default=True)
-    try:
-        yield path
-    finally:
-        paths = folder_paths.folder_names_and_paths[kind][0]
-        if path in paths:
-            paths.remove(path)
-        folder_paths.filename_list_cache.pop(kind, None)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """Tiny models on a shared 2-core machine: thread hand-offs cost more than the maths (50 s -> 4 s a run)."""
@@ -293,7 +280,7 @@ def workflow_models(models_dir, tmp_path_factory):
     stack = contextlib.ExitStack()  # every folder registered here comes first, and is unregistered after the module
     for folder in ("ipadapter", "clip_vision", "checkpoints", "loras", "insightface"):
         (extra / folder).mkdir()
-        stack.enter_context(first_model_folder(folder, str(extra / folder)))
+        stack.enter_context(face_models.model_folder(folder, str(extra / folder), first=True))
     for name in _file_widgets(workflows, "CLIPVisionLoader", "clip_name"):
         hidden = 1664 if "bigG" in name else 1280
         builders.write_tiny_clip_vision(str(extra / "clip_vision"), Path(name).stem, seed=hidden,
