@@ -72,9 +72,16 @@ def _post(url: str, value) -> None:
     urllib.request.urlopen(req, timeout=10).close()
 
 
-@pytest.fixture(scope="module")
-def server(workflow_models, tmp_path_factory):
+NEWER_FRONTEND = "1.58.1"  # the Vue node renderer shows extension widgets only on frontends newer than 1.27
+NEWER_FRONTEND_ROOT = BROWSER_DIR / f"frontend-{NEWER_FRONTEND}" / "comfyui_frontend_package" / "static"
+
+
+@pytest.fixture(scope="module", params=["pinned", NEWER_FRONTEND], ids=["frontend-pinned", f"frontend-{NEWER_FRONTEND}"])
+def server(workflow_models, tmp_path_factory, request):
     missing = _missing_tools()
+    if request.param != "pinned" and not (NEWER_FRONTEND_ROOT / "index.html").is_file():
+        missing.append(f"comfyui-frontend-package {NEWER_FRONTEND} unpacked at {NEWER_FRONTEND_ROOT} "
+                       "(.ci/setup-browser downloads it)")
     if missing:
         pytest.fail("the browser test needs: " + "; ".join(missing) + ". .ci/run installs them.", pytrace=False)
     root = tmp_path_factory.mktemp("browser")
@@ -97,6 +104,8 @@ def server(workflow_models, tmp_path_factory):
            "--database-url", "sqlite:///:memory:", "--extra-model-paths-config", str(config),
            "--input-directory", folder_paths.get_input_directory(),
            "--output-directory", folder_paths.get_output_directory(), "--user-directory", str(root / "user")]
+    if request.param != "pinned":  # the same server with a newer frontend build (ComfyUI's --front-end-root)
+        cmd += ["--front-end-root", str(NEWER_FRONTEND_ROOT)]
     proc = subprocess.Popen(cmd, cwd=COMFYUI, stdout=log, stderr=subprocess.STDOUT,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))  # tiny models: see test_workflows
     base = f"http://127.0.0.1:{port}"
@@ -115,7 +124,8 @@ def server(workflow_models, tmp_path_factory):
                 time.sleep(1)
         failed = [line for line in (root / "server.log").read_text().splitlines() if "IMPORT FAILED" in line]
         assert not failed, "custom nodes failed to import:\n" + "\n".join(failed)
-        yield {"base": base, "module": module, "log": root / "server.log", "start_s": time.monotonic() - started}
+        yield {"base": base, "module": module, "log": root / "server.log", "start_s": time.monotonic() - started,
+               "artifacts": ARTIFACTS / f"frontend-{request.param}"}
     finally:
         proc.terminate()
         try:
@@ -123,22 +133,23 @@ def server(workflow_models, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(root / "server.log", ARTIFACTS / "server.log")
+        (ARTIFACTS / f"frontend-{request.param}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / "server.log", ARTIFACTS / f"frontend-{request.param}" / "server.log")
 
 
 def _probe(server, vue: bool) -> dict:
     base = server["base"]
     _post(base + "/api/settings/Comfy.TutorialCompleted", True)
     _post(base + "/api/settings/Comfy.VueNodes.Enabled", vue)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    artifacts = server["artifacts"]
+    artifacts.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, LIKENESS_BASE=base, LIKENESS_MODULE=server["module"], LIKENESS_RUN=RUN,
                LIKENESS_WORKFLOWS=",".join(p.stem for p in tw.WORKFLOWS), LIKENESS_SWAPS=json.dumps(tw.SWAPS),
-               LIKENESS_VUE="1" if vue else "0", LIKENESS_SHOTS=str(ARTIFACTS), LIKENESS_CHROMIUM=CHROMIUM)
+               LIKENESS_VUE="1" if vue else "0", LIKENESS_SHOTS=str(artifacts), LIKENESS_CHROMIUM=CHROMIUM)
     done = subprocess.run(["node", "probe.mjs"], cwd=BROWSER_DIR, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, f"probe failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    (ARTIFACTS / f"report-{report['mode']}.json").write_text(json.dumps(report, indent=1))
+    (artifacts / f"report-{report['mode']}.json").write_text(json.dumps(report, indent=1))
     return report
 
 
@@ -169,7 +180,8 @@ def test_workflows_load_and_run_in_the_browser(server, vue):
             assert "composition" in result["follows"]["text"] and "max 0.50" in result["follows"]["text"], result["follows"]
             assert int(result["follows"]["active"]) < 16, result["follows"]
         saved = result["saved"]  # what "Save" would write now: the shipped file must survive the round trip
-        assert [n["widgets_values"] for n in saved["nodes"]] == [n["widgets_values"] for n in workflow["nodes"]], where
+        assert ([n.get("widgets_values", []) for n in saved["nodes"]]  # newer frontends omit empty lists
+                == [n.get("widgets_values", []) for n in workflow["nodes"]]), where
         assert saved["links"] == workflow["links"], f"{where}: the frontend rewires the links"
         for node in result["nodes"]:
             if node["type"] in ("LikenessApply", "LikenessAdapterLoader") and panels_render:
