@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import weakref
 
@@ -20,8 +19,7 @@ _cache_lock = threading.Lock()
 
 def cached_adapter(path: str) -> Adapter:
     """One Adapter per file version, shared by every loader node that names it."""
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+    key = folders.file_version(path)
     with _cache_lock:
         adapter = _cache.get(key)
         if adapter is None:
@@ -49,8 +47,7 @@ class LikenessAdapterLoader(io.ComfyNode):
         path = folders.adapter_path(adapter_name) if adapter_name in folders.adapter_files() else None
         if path is None:
             return adapter_name
-        st = os.stat(path)
-        return (adapter_name, st.st_mtime_ns, st.st_size)
+        return (adapter_name, *folders.file_version(path))
 
     @classmethod
     def execute(cls, adapter_name) -> io.NodeOutput:

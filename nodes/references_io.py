@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 
 from comfy_api.v0_0_2 import io, ui
 
 from . import types
 from .core.errors import LikenessError
 from .core.references_io import describe, load_references, save_references
-from .host import reference_files
+from .host import folders, reference_files
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +62,7 @@ class LikenessLoadReferences(io.ComfyNode):
             path = reference_files.resolve_choice(references_file)
         except (LikenessError, OSError):  # execute reports it
             return references_file
-        st = os.stat(path)
-        return (references_file, st.st_mtime_ns, st.st_size)
+        return (references_file, *folders.file_version(path))
 
     @classmethod
     def execute(cls, references_file) -> io.NodeOutput:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 import comfy.clip_vision
@@ -11,11 +10,11 @@ from comfy_api.v0_0_2 import io, ui
 
 from . import types
 from .core.errors import IncompatibleError
-from .doctor import report
-from .face import pack_options
 from .core.presets import PRESETS, MissingModelError, choice_for, missing_message, rank_adapters
 from .core.variants import Detected, Encoder, family_name
-from .host import catalog
+from .doctor import report
+from .face import pack_options
+from .host import catalog, folders
 from .host.face import load_face_model
 from .host.lora import apply_faceid_lora
 from .host.sites import find_sites
@@ -64,8 +63,7 @@ def choose_encoder(needed: Encoder) -> catalog.Entry:
 
 
 def load_clip_vision(entry: catalog.Entry):
-    st = os.stat(entry.path)
-    key = (entry.path, st.st_mtime_ns, st.st_size)
+    key = folders.file_version(entry.path)
     with _clip_lock:
         if key not in _clip_cache:
             _clip_cache.clear()  # keep one encoder; ComfyUI's own loader node caches the rest

@@ -13,6 +13,7 @@ import folder_paths
 from ..core import checkpoint
 from ..core.errors import LikenessError
 from ..core.variants import Detected, Encoder, detect, detect_encoder
+from .folders import file_version
 
 log = logging.getLogger(__name__)
 _cache: dict[tuple, tuple] = {}
@@ -39,10 +40,9 @@ class Entry:
 
 def _inspect(path: str, reader) -> tuple:
     try:
-        st = os.stat(path)
+        key = (*file_version(path), reader.__name__)
     except OSError as e:
         return None, str(e)
-    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size, reader.__name__)
     with _lock:
         hit = _cache.get(key)
     if hit is None:

@@ -262,8 +262,7 @@ def pack_fingerprint(pack: str) -> tuple:
     except FaceModelError:
         return (pack, None)
     files = _onnx_files(folder)
-    return (os.path.realpath(folder),) + tuple((os.path.basename(f), os.stat(f).st_mtime_ns, os.stat(f).st_size)
-                                               for f in files)
+    return (os.path.realpath(folder),) + tuple(folders.file_version(f) for f in files)
 
 
 def load_face_model(pack: str, provider: str = "auto") -> FaceModel:

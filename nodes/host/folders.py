@@ -6,7 +6,16 @@ import os
 
 import folder_paths
 
+from ..core.errors import AdapterFileError
+
 ADAPTER_EXTENSIONS = {".safetensors", ".bin"}
+
+
+def file_version(path: str) -> tuple:
+    """(real path, modification time, size): what cache keys and node fingerprints of a model file use, so an
+    edited or replaced file is read again. Raises OSError when the file is gone."""
+    st = os.stat(path)
+    return (os.path.realpath(path), st.st_mtime_ns, st.st_size)
 
 
 def register_folder(name: str, extensions: set[str]) -> None:
@@ -36,5 +45,7 @@ def adapter_path(name: str) -> str:
     path = folder_paths.get_full_path("ipadapter", name)
     if path is None:
         searched = ", ".join(folder_paths.get_folder_paths("ipadapter"))
-        raise FileNotFoundError(f"adapter `{name}` was not found in the ipadapter folders ({searched}).")
+        raise AdapterFileError(f"adapter `{name}` was not found in the ipadapter folders ({searched}). Put the file "
+                               "in models/ipadapter (or a folder listed under `ipadapter:` in extra_model_paths.yaml) "
+                               "and refresh the page.")
     return path
