@@ -77,13 +77,13 @@ def test_every_site_is_called_once_per_forward_pass(tmp_path, kind, count, monke
     adapter = make_adapter(tmp_path, kind)
     patched = apply_node.apply_tokens(model, adapter, tokens_for(adapter), 1.0)
     calls = []
-    original = attention.ImagePrompt.contribution
+    original = attention.ImagePrompt.keys_values
 
     def counting(self, key, q, extra):
         calls.append(key)
         return original(self, key, q, extra)
 
-    monkeypatch.setattr(attention.ImagePrompt, "contribution", counting)
+    monkeypatch.setattr(attention.ImagePrompt, "keys_values", counting)
     sample(patched, kind, steps=1)
     expected = {s.key for s in sites_mod.find_sites(model)}
     assert len(calls) == count and set(calls) == expected  # cond and uncond ride in one batched call
@@ -135,6 +135,72 @@ def test_stacked_adapters_add_up(tmp_path, sd15):
     torch.testing.assert_close(out_ab, base + (out_a - base) + (out_b - base), atol=1e-5, rtol=1e-5)
     assert len(both.model_options["transformer_options"]["patches_replace"]["attn2"][site.key].prompts) == 2
     assert len(only_a.model_options["transformer_options"]["patches_replace"]["attn2"][site.key].prompts) == 1
+
+
+def test_three_stacked_adapters_in_inference_mode_add_up_and_leave_the_base_output_alone(tmp_path, sd15):
+    """Under inference mode (how ComfyUI samples) the sum is built in place, but never in the base's tensor."""
+    adapters = [make_adapter(tmp_path, seed=s) for s in (1, 2, 3)]
+    site = sites_mod.find_sites(sd15)[4]
+    q, k, v, extra = site_inputs(site.width)
+    kept = attention.DecoupledCrossAttention(site.key, (), patch_mod._attention)(q, k, v, extra)
+    snapshot = kept.clone()
+
+    def other_pack(q, k, v, extra):  # hands out the same tensor every call, as a caching pack might
+        return kept
+
+    other = sd15.clone()
+    other.set_model_attn2_replace(other_pack, *site.key)
+    with torch.inference_mode():
+        model, singles = other, []
+        for n, a in enumerate(adapters):
+            singles.append(site_call(apply_node.apply_tokens(other, a, tokens_for(a, seed=n), 0.5 + n), site.key,
+                                     q, k, v, extra) - kept)
+            model = apply_node.apply_tokens(model, a, tokens_for(a, seed=n), 0.5 + n)
+        out = site_call(model, site.key, q, k, v, extra)
+        again = site_call(model, site.key, q, k, v, extra)
+    assert torch.equal(kept, snapshot)
+    torch.testing.assert_close(out, kept + singles[0] + singles[1] + singles[2], atol=1e-5, rtol=1e-5)
+    assert torch.equal(out, again)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_grouped_image_attention_equals_one_attention_per_adapter(dtype, tol):
+    """Several adapters in one pass (masks, mixed token counts, cond/uncond rows) give the per-adapter sum."""
+    gen = torch.Generator().manual_seed(0)
+    b, n, width, heads = 2, attention.GROUPED_MIN_QUERIES + 64, 320, 8
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(dtype)
+
+    q = rand(b, n, width)
+    parts = [(rand(b, 16, width, scale=0.3), rand(b, 16, width), None),
+             (rand(b, 16, width, scale=0.3), rand(b, 16, width), torch.rand(b, n, 1, generator=gen).to(dtype)),
+             (rand(b, 4, width, scale=0.3), rand(b, 4, width), None),  # another token count: its own group
+             (rand(b, 16, width, scale=0.3), rand(b, 16, width), None)]
+    expected = sum((attention.image_attention(q, k, v, heads) * (1 if m is None else m)).float() for k, v, m in parts)
+    grouped = attention.grouped_image_attention(q, [parts[0], parts[1], parts[3]], heads)
+    with torch.inference_mode():
+        summed = attention.image_attention_sum(q, parts, heads)
+    torch.testing.assert_close(summed.float(), expected, atol=tol, rtol=tol)
+    torch.testing.assert_close(grouped.float() + attention.image_attention(q, *parts[2][:2], heads).float(), expected,
+                               atol=tol, rtol=tol)
+    small = q[:, :8]  # below the query threshold: one call per adapter, same result
+    small_parts = [(k, v, None) for k, v, _ in parts]
+    torch.testing.assert_close(attention.image_attention_sum(small, small_parts, heads).float(),
+                               sum(attention.image_attention(small, k, v, heads).float() for k, v, _ in small_parts),
+                               atol=tol, rtol=tol)
+
+
+def test_grouped_image_attention_is_capped_in_memory(monkeypatch):
+    calls = []
+    monkeypatch.setattr(attention, "grouped_image_attention", lambda *a: calls.append(a) or a[0] * 0)
+    q = torch.randn(2, attention.GROUPED_MIN_QUERIES, 64)
+    parts = [(torch.randn(2, 16, 64), torch.randn(2, 16, 64), None)] * 2
+    attention.image_attention_sum(q, parts, 4)
+    assert len(calls) == 1
+    monkeypatch.setattr(attention, "GROUPED_MAX_SCORES", 4 * attention.GROUPED_MIN_QUERIES * 32 - 1)
+    attention.image_attention_sum(q, parts, 4)
+    assert len(calls) == 1  # over the cap: one attention call per adapter instead
 
 
 def test_second_adapter_at_weight_zero_changes_nothing(tmp_path, sd15):

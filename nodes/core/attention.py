@@ -110,6 +110,62 @@ def image_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: in
     return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, width)
 
 
+ImageKV = tuple  # (k [b, tokens, width], v [b, tokens, width], mask [b, n, 1] or None), laid out along q's batch
+
+# One pass for several adapters pays from this many queries on (measured on CPU, benchmarks/RESULTS.md); below
+# it, one SDPA call per adapter is cheaper. The score tensor of one pass is capped so full-face adapters at
+# high resolution fall back to per-adapter calls instead of allocating gigabytes.
+GROUPED_MIN_QUERIES = 256
+GROUPED_MAX_SCORES = 1 << 24
+
+
+def grouped_image_attention(q: torch.Tensor, parts: Sequence[ImageKV], heads: int) -> torch.Tensor:
+    """sum_a mask_a * softmax(q k_a^T / sqrt(d)) v_a for adapters with the same number of image tokens.
+
+    One matmul gives every adapter's scores, the softmax runs per adapter, and the second matmul also does the
+    sum over adapters; the queries are read in place, once per batch row, instead of once per adapter."""
+    b, n, width = q.shape
+    d = width // heads
+    count, tokens = len(parts), parts[0][0].shape[1]
+    k = torch.cat([p[0] for p in parts], 1).view(b, count * tokens, heads, d).permute(0, 2, 3, 1) * d ** -0.5
+    v = torch.cat([p[1] for p in parts], 1).view(b, count * tokens, heads, d).transpose(1, 2)
+    masks = None
+    if any(p[2] is not None for p in parts):
+        masks = torch.cat([q.new_ones(b, n, 1) if p[2] is None else p[2] for p in parts], 2)  # [b, n, adapters]
+    out = q.new_empty(b, n, width)
+    for row in range(b):
+        scores = torch.bmm(q[row].view(n, heads, d).transpose(0, 1), k[row])  # [heads, n, adapters * tokens]
+        probs = scores.view(heads, n, count, tokens).softmax(-1)
+        if masks is not None:
+            probs = probs * masks[row].view(1, n, count, 1)
+        out[row].view(n, heads, d).transpose(0, 1).copy_(torch.bmm(probs.view(heads, n, count * tokens), v[row]))
+    return out
+
+
+def image_attention_sum(q: torch.Tensor, parts: Sequence[ImageKV], heads: int) -> torch.Tensor:
+    """The summed image term of several adapters at one site: grouped passes where they pay, else one
+    attention call per adapter. Sums in place where no autograd graph is recorded."""
+    by_tokens: dict[int, list] = {}
+    for p in parts:
+        by_tokens.setdefault(p[0].shape[1], []).append(p)
+    b, n = q.shape[0], q.shape[1]
+    total = None
+    for tokens, group in by_tokens.items():
+        if len(group) > 1 and n >= GROUPED_MIN_QUERIES and heads * n * tokens * len(group) <= GROUPED_MAX_SCORES:
+            terms = [grouped_image_attention(q, group, heads)]
+        else:
+            terms = [image_attention(q, k, v, heads) if mask is None else image_attention(q, k, v, heads) * mask
+                     for k, v, mask in group]
+        for term in terms:
+            if total is None:
+                total = term
+            elif torch.is_grad_enabled():
+                total = total + term
+            else:
+                total.add_(term)
+    return total
+
+
 class ImagePrompt:
     """One applied adapter: its K/V per site, active window (in sigmas) and optional attention mask."""
 
@@ -182,12 +238,16 @@ class ImagePrompt:
         self._batched[cache_key] = hit
         return hit
 
-    def contribution(self, key: SiteKey, q: torch.Tensor, extra: Mapping) -> torch.Tensor | None:
+    def keys_values(self, key: SiteKey, q: torch.Tensor, extra: Mapping) -> ImageKV | None:
+        """What this adapter attends to at `key` for these queries, or None where it does not act now."""
         if key not in self.site_kv or not self.is_active(extra):
             return None
-        k, v, mask = self.batched(key, q, extra)
-        out = image_attention(q, k, v, extra["n_heads"])
-        return out if mask is None else out * mask
+        return self.batched(key, q, extra)
+
+    def contribution(self, key: SiteKey, q: torch.Tensor, extra: Mapping) -> torch.Tensor | None:
+        """This adapter's image term alone."""
+        kv = self.keys_values(key, q, extra)
+        return None if kv is None else image_attention_sum(q, [kv], extra["n_heads"])
 
 
 class DecoupledCrossAttention:
@@ -222,8 +282,10 @@ class DecoupledCrossAttention:
         else:
             out = self.attention(q, k, v, extra["n_heads"], attn_precision=extra.get("attn_precision"),
                                  transformer_options=extra)
-        for prompt in self.prompts:
-            extra_out = prompt.contribution(self.key, q, extra)
-            if extra_out is not None:
-                out = out + extra_out
-        return out
+        parts = [kv for kv in (p.keys_values(self.key, q, extra) for p in self.prompts) if kv is not None]
+        if not parts:
+            return out
+        image = image_attention_sum(q, parts, extra["n_heads"])
+        if self.base is None and not torch.is_grad_enabled():  # the text attention's output is ours to add to
+            return out.add_(image)
+        return out + image

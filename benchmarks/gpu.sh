@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Every benchmark at the sizes issue 6 asks of a GPU, each under a time limit so the whole set fits one
+# 10-minute device-tool command. Logs go to $OUT (the device tool's output folder) or benchmarks/out/.
+# Needs ComfyUI at $COMFYUI_PATH (or ~/ComfyUI) with its requirements; set CUBIQ_PATH for the leading pack.
+# Not yet run on a GPU: no device has been lent to this project so far.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+out="${OUT:-out}"
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
+run() {
+  local name=$1 limit=$2
+  shift 2
+  timeout "$limit" python "$@" > "$out/$name.txt" 2>&1
+  echo "$name: exit $? ($(tail -n 1 "$out/$name.txt"))"
+}
+run attention 60 bench_attention.py
+run step_sdxl_1024 180 bench_forward.py sdxl 128 20
+run step_sd15_512 90 bench_forward.py sd15 64 20
+run memory 90 bench_memory.py
+run encode 60 bench_encode.py 5
