@@ -1,6 +1,7 @@
 """Cost of one cross-attention call with 0, 1, 2 and 4 Likeness adapters (SD1.5 shapes at 512 px).
 
-q [2, T, C] (cond + uncond in one batch), text k/v [2, 77, C], 8 heads, 16 image tokens per adapter.
+q [2, T, C] (cond + uncond in one batch), text k/v [2, 77, C], 8 heads, 16 image tokens per adapter, under
+inference mode as ComfyUI samples.
 "plain" is ComfyUI's optimized_attention on the text tokens, exactly what an unpatched site runs.
 Target (issue 6): 64 x 1280 with one adapter at most +60 % over plain.
 """
@@ -37,8 +38,9 @@ def main(rounds: int = 7):
         for n, site in sites.items():
             configs[f"{n} adapter{'s' if n > 1 else ''}"] = lambda site=site: site(q, k, v, extra)
         repeat = max(1, int(2e6 // (tokens * width)))
-        report(f"{tokens} tokens x {width} (mean of {repeat} calls per round, {rounds} rounds)",
-               interleaved(configs, rounds, repeat=repeat, warmup=2))
+        with torch.inference_mode():  # as ComfyUI samples
+            results = interleaved(configs, rounds, repeat=repeat, warmup=2)
+        report(f"{tokens} tokens x {width} (mean of {repeat} calls per round, {rounds} rounds)", results)
 
 
 if __name__ == "__main__":

@@ -142,20 +142,23 @@ def grouped_image_attention(q: torch.Tensor, parts: Sequence[ImageKV], heads: in
     return out
 
 
+def _masked(term: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return term if mask is None else term * mask
+
+
 def image_attention_sum(q: torch.Tensor, parts: Sequence[ImageKV], heads: int) -> torch.Tensor:
     """The summed image term of several adapters at one site: grouped passes where they pay, else one
     attention call per adapter. Sums in place where no autograd graph is recorded."""
     by_tokens: dict[int, list] = {}
     for p in parts:
         by_tokens.setdefault(p[0].shape[1], []).append(p)
-    b, n = q.shape[0], q.shape[1]
+    n = q.shape[1]
     total = None
     for tokens, group in by_tokens.items():
         if len(group) > 1 and n >= GROUPED_MIN_QUERIES and heads * n * tokens * len(group) <= GROUPED_MAX_SCORES:
             terms = [grouped_image_attention(q, group, heads)]
         else:
-            terms = [image_attention(q, k, v, heads) if mask is None else image_attention(q, k, v, heads) * mask
-                     for k, v, mask in group]
+            terms = [_masked(image_attention(q, k, v, heads), mask) for k, v, mask in group]
         for term in terms:
             if total is None:
                 total = term
