@@ -165,9 +165,23 @@ def test_offload_and_reload_give_identical_results(adapters, sd15):
     comfy.model_management.soft_empty_cache()
     replace = next(iter(patched.model_options["transformer_options"]["patches_replace"]["attn2"].values()))
     replace.to(torch.device("cpu"))  # what ComfyUI calls on offload; device copies are dropped and remade
-    assert replace.prompts[0]._placed is None or replace.prompts[0]._placed[0][0].type == "cpu"
+    assert replace.prompts[0].placed_device is None or replace.prompts[0].placed_device.type == "cpu"
     assert torch.equal(sample(patched), first)
 
+
+
+def test_offload_drops_copies_placed_on_another_device(adapters, sd15):
+    adapter = adapters["resampler"]
+    patched = apply_node.apply_tokens(sd15, adapter, tokens_for(adapter), 1.0)
+    replace = next(iter(patched.model_options["transformer_options"]["patches_replace"]["attn2"].values()))
+    prompt = replace.prompts[0]
+    prompt.kv_on(replace.key, torch.device("meta"), torch.float16)  # stands in for a GPU copy
+    assert prompt.placed_device.type == "meta"
+    replace.to(torch.device("meta"))  # loading onto the device keeps them
+    assert prompt.placed_device.type == "meta"
+    replace.to("cpu")
+    assert prompt.placed_device is None
+    assert prompt.site_kv[replace.key].k_cond.device.type == "cpu"  # the originals stay
 
 merge_node = pack("nodes.merge")
 MERGE_MODES = pack("nodes.core.merge").MERGE_MODES

@@ -209,6 +209,12 @@ class ImagePrompt:
                     self._batched = {}
         return placed[1][key]
 
+    @property
+    def placed_device(self) -> torch.device | None:
+        """Where the K/V copies used in sampling live now, or None before the first use."""
+        placed = self._placed
+        return None if placed is None else placed[0][0]
+
     def release(self) -> None:
         """Drop device copies (the model went back to its offload device)."""
         with self._lock:
@@ -275,7 +281,7 @@ class DecoupledCrossAttention:
         # K/V are made lazily on first use in a run, so only an offload needs handling here.
         if isinstance(device_or_dtype, (str, torch.device)) and torch.device(device_or_dtype).type == "cpu":
             for p in self.prompts:
-                if p._placed is not None and p._placed[0][0].type != "cpu":
+                if p.placed_device is not None and p.placed_device.type != "cpu":
                     p.release()
         return self
 
