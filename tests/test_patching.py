@@ -230,7 +230,8 @@ def test_a_replace_from_another_pack_is_still_called(tmp_path, sd15):
     extra["block"] = site.key[:2]
     replace = ours.model_options["transformer_options"]["patches_replace"]["attn2"][site.key]
     assert replace.base is other_pack
-    expected = other_pack(q, k, v, extra) + replace.prompts[0].contribution(site.key, q, extra)
+    image_kv = replace.prompts[0].keys_values(site.key, q, extra)
+    expected = other_pack(q, k, v, extra) + attention.image_attention(q, *image_kv[:2], extra["n_heads"])
     torch.testing.assert_close(replace(q, k, v, extra), expected)
 
 

@@ -253,11 +253,6 @@ class ImagePrompt:
             return None
         return self.batched(key, q, extra)
 
-    def contribution(self, key: SiteKey, q: torch.Tensor, extra: Mapping) -> torch.Tensor | None:
-        """This adapter's image term alone."""
-        kv = self.keys_values(key, q, extra)
-        return None if kv is None else image_attention_sum(q, [kv], extra["n_heads"])
-
 
 class DecoupledCrossAttention:
     """The attn2 replace for one site: text attention (or a replace another pack installed first) plus the
