@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import comfy.model_management
-from comfy_api.v0_0_2 import io
+from .host.api import LikenessNode, io
 
 from . import types
 from .core.apply import build_image_prompt
@@ -32,10 +32,6 @@ def _window_inputs():
     ]
 
 
-def _check_window(start_at, end_at):
-    return window_problem(start_at, end_at) or True
-
-
 def apply_tokens(model, adapter, tokens, weight, weight_type="linear", start_at=0.0, end_at=1.0,
                  embeds_scaling="V only", attn_mask=None, faceid_lora_strength=1.0):
     sites = find_sites(model)
@@ -45,7 +41,7 @@ def apply_tokens(model, adapter, tokens, weight, weight_type="linear", start_at=
     return apply_faceid_lora(install(model, prompt), adapter, faceid_lora_strength)
 
 
-class LikenessApply(io.ComfyNode):
+class LikenessApply(LikenessNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -82,8 +78,8 @@ class LikenessApply(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, start_at=None, end_at=None):
-        return _check_window(start_at, end_at)
+    def check_inputs(cls, start_at=None, end_at=None, **_):
+        return window_problem(start_at, end_at)
 
     @classmethod
     def execute(cls, model, adapter, tokens, weight, weight_type, start_at, end_at, embeds_scaling,
@@ -92,7 +88,7 @@ class LikenessApply(io.ComfyNode):
                                           embeds_scaling, attn_mask, faceid_lora_strength))
 
 
-class LikenessApplySimple(io.ComfyNode):
+class LikenessApplySimple(LikenessNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -112,8 +108,8 @@ class LikenessApplySimple(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, start_at=None, end_at=None):
-        return _check_window(start_at, end_at)
+    def check_inputs(cls, start_at=None, end_at=None, **_):
+        return window_problem(start_at, end_at)
 
     @classmethod
     def execute(cls, model, adapter, clip_vision, image, weight, start_at, end_at) -> io.NodeOutput:

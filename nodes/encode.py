@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
+from .host.api import LikenessNode, io
 
 from . import types
 from .host.encode import CROP_MODES, encode_references
 
 
-class LikenessImageEncode(io.ComfyNode):
+class LikenessImageEncode(LikenessNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

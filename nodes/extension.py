@@ -1,6 +1,6 @@
 """The Likeness extension: the list of node classes."""
 
-from comfy_api.v0_0_2 import ComfyExtension
+from .host.api import ComfyExtension
 
 from .host import folders, routes
 

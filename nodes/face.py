@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io, ui
+from .host.api import LikenessNode, io, ui
 
 from . import types
 from .core.face import CROP_SIZES, ON_NO_FACE, SELECT_MODES
@@ -14,11 +14,10 @@ host_face.warn_if_runtime_shadowed()
 
 
 def pack_options() -> list[str]:
-    # The usual packs are listed even before they are downloaded, so choosing one says where its files go.
-    return sorted(set(host_face.pack_names()) | set(host_face.KNOWN_PACKS))
+    return host_face.pack_choices()
 
 
-class LikenessFaceModelLoader(io.ComfyNode):
+class LikenessFaceModelLoader(LikenessNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -49,7 +48,7 @@ class LikenessFaceModelLoader(io.ComfyNode):
         return io.NodeOutput(model, ui=ui.PreviewText(model.describe()))
 
 
-class LikenessFaceEmbed(io.ComfyNode):
+class LikenessFaceEmbed(LikenessNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -6,7 +6,7 @@ import logging
 import threading
 import weakref
 
-from comfy_api.v0_0_2 import io, ui
+from .host.api import LikenessNode, io, ui
 
 from . import types
 from .core.adapter import Adapter, load_adapter
@@ -28,7 +28,7 @@ def cached_adapter(path: str) -> Adapter:
     return adapter
 
 
-class LikenessAdapterLoader(io.ComfyNode):
+class LikenessAdapterLoader(LikenessNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from comfy_api.v0_0_2 import io, ui
+from .host.api import LikenessNode, io, ui
 
 from . import types
 from .core.errors import LikenessError
@@ -20,7 +20,7 @@ def slot_name(i: int) -> str:
     return f"references_{i}"
 
 
-class LikenessMergeReferences(io.ComfyNode):
+class LikenessMergeReferences(LikenessNode):
     @classmethod
     def define_schema(cls):
         slots = [types.References.Input(
@@ -57,13 +57,13 @@ class LikenessMergeReferences(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, weights=None):
+    def check_inputs(cls, weights=None, **_):
         if isinstance(weights, str):
             try:
                 parse_weights(weights)
             except LikenessError as e:
                 return str(e)
-        return True
+        return None
 
     @classmethod
     def execute(cls, mode, weights="", drop_outliers=False, outlier_threshold=0.3, **references) -> io.NodeOutput:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import comfy.model_management
-from comfy_api.v0_0_2 import io, ui
+from .host.api import LikenessNode, io, ui
 
 from . import types
 from .core.face import plus_version_hint
@@ -22,7 +22,7 @@ def faceid_plus_choice(adapter, version: str) -> tuple[bool, str]:
     return version == "v2", "set by faceid_plus_version"
 
 
-class LikenessProject(io.ComfyNode):
+class LikenessProject(LikenessNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

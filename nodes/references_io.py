@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from comfy_api.v0_0_2 import io, ui
+from .host.api import LikenessNode, io, ui
 
 from . import types
 from .core.errors import LikenessError
@@ -14,7 +14,7 @@ from .host import folders, reference_files
 log = logging.getLogger(__name__)
 
 
-class LikenessSaveReferences(io.ComfyNode):
+class LikenessSaveReferences(LikenessNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -42,7 +42,7 @@ class LikenessSaveReferences(io.ComfyNode):
         return io.NodeOutput(ui=ui.PreviewText(text))
 
 
-class LikenessLoadReferences(io.ComfyNode):
+class LikenessLoadReferences(LikenessNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

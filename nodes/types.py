@@ -1,6 +1,6 @@
 """Socket types of Likeness. Each carries one frozen dataclass from nodes/core."""
 
-from comfy_api.v0_0_2 import io
+from .host.api import io
 
 Adapter = io.Custom("LIKENESS_ADAPTER")  # core.adapter.Adapter
 References = io.Custom("LIKENESS_REFS")  # core.references.References

@@ -6,7 +6,7 @@ import logging
 import threading
 
 import comfy.clip_vision
-from comfy_api.v0_0_2 import io, ui
+from .host.api import LikenessNode, io, ui
 
 from . import types
 from .core.errors import IncompatibleError
@@ -74,7 +74,7 @@ def load_clip_vision(entry: catalog.Entry):
         return _clip_cache[key]
 
 
-class LikenessUnifiedLoader(io.ComfyNode):
+class LikenessUnifiedLoader(LikenessNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -122,7 +122,7 @@ class LikenessUnifiedLoader(io.ComfyNode):
         return io.NodeOutput(model, adapter, clip_vision, face_model, ui=ui.PreviewText(text))
 
 
-class LikenessModelDoctor(io.ComfyNode):
+class LikenessModelDoctor(LikenessNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

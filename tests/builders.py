@@ -68,6 +68,36 @@ def build_unet(kind: str = "sd15", seed: int = 0, tiny: bool = True) -> comfy.mo
     return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
 
 
+# A FLUX.1 layout (ComfyUI's own Flux model class) narrowed for tests: the real block structure (double blocks,
+# then single blocks; 16 latent channels, 2x2 patches, rope over 3 axes), sized by these numbers.
+TINY_FLUX = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=64,
+                 hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=4, depth_single_blocks=8, axes_dim=[8, 12, 12],
+                 theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True)
+
+
+@functools.lru_cache(maxsize=8)
+def build_flux(seed: int = 0, depth: int = 4, depth_single_blocks: int = 8) -> comfy.model_patcher.ModelPatcher:
+    """A tiny FLUX.1 (dev-style, with a guidance embedding) from ComfyUI's classes, seeded random weights.
+
+    Cached like build_unet: Likeness never changes a model it is given."""
+    mc = comfy.supported_models.Flux(dict(TINY_FLUX, depth=depth, depth_single_blocks=depth_single_blocks))
+    mc.set_inference_dtype(torch.float32, None)
+    model = mc.get_model({})
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
+
+
+def flux_conditioning(batch: int = 1, tokens: int = 7, seed: int = 1, guidance: float = 3.5):
+    """FLUX conditioning for the tiny model: T5-like context [B, tokens, 64] and a pooled vector [B, 32]."""
+    gen = torch.Generator().manual_seed(seed)
+    ctx = torch.randn(batch, tokens, TINY_FLUX["context_in_dim"], generator=gen)
+    pooled = torch.randn(batch, TINY_FLUX["vec_in_dim"], generator=gen)
+    return [[ctx, {"pooled_output": pooled, "guidance": guidance}]]
+
+
 def conditioning(kind: str, batch: int = 1, tokens: int = 7, seed: int = 1, tiny: bool = True):
     gen = torch.Generator().manual_seed(seed)
     ctx = torch.randn(batch, tokens, TINY_CONTEXT if tiny else 768, generator=gen)

@@ -150,9 +150,9 @@ def test_names_that_leave_the_folders_are_refused(models_dir, input_dir):
         files.resolve_choice("../../etc/passwd [output]")
     with pytest.raises(errors.InputError):
         files.new_file_path("../../outside")
-    with pytest.raises(errors.ReferencesFileError) as e:
+    with pytest.raises(errors.InputError) as e:
         files.resolve_choice("gone.safetensors")
-    assert "`gone.safetensors` was not found in the input folder" in str(e.value)
+    assert "`gone.safetensors` is not one of the choices" in str(e.value)
 
 
 # ------------------------------------------------------------------ damaged and foreign files

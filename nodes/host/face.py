@@ -105,6 +105,12 @@ def pack_names() -> list[str]:
     return sorted(names)
 
 
+def pack_choices() -> list[str]:
+    """What face-pack inputs offer: the packs found, plus the usual ones before they are downloaded (choosing one
+    then says where its files go)."""
+    return sorted(set(pack_names()) | set(KNOWN_PACKS))
+
+
 def _onnx_files(folder: str) -> list[str]:
     return sorted(glob.glob(os.path.join(glob.escape(folder), "*.onnx")))
 
@@ -115,7 +121,8 @@ def _expected_files(pack: str) -> str:
 
 def find_pack(pack: str) -> str:
     """The folder holding `pack`'s .onnx files: <insightface>/models/<pack>/, or one nested level below it (the
-    antelopev2 archive unpacks to antelopev2/antelopev2/)."""
+    antelopev2 archive unpacks to antelopev2/antelopev2/). Only names the pack inputs list are looked up."""
+    folders.check_listed(pack, pack_choices(), "face model pack", "models/insightface/models")
     roots = folders.insightface_roots()
     empty = []
     for root in roots:
@@ -259,7 +266,7 @@ _cache_lock = threading.Lock()
 def pack_fingerprint(pack: str) -> tuple:
     try:
         folder = find_pack(pack)
-    except FaceModelError:
+    except (FaceModelError, InputError):  # the loader's run reports it
         return (pack, None)
     files = _onnx_files(folder)
     return (os.path.realpath(folder),) + tuple(folders.file_version(f) for f in files)

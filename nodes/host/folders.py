@@ -6,7 +6,7 @@ import os
 
 import folder_paths
 
-from ..core.errors import AdapterFileError
+from ..core.errors import AdapterFileError, InputError
 
 ADAPTER_EXTENSIONS = {".safetensors", ".bin"}
 
@@ -37,11 +37,26 @@ def insightface_roots() -> list[str]:
     return folder_paths.get_folder_paths("insightface")
 
 
+def check_listed(name, listed, what: str, where: str) -> str:
+    """`name` when it is one of `listed` (the choices a node offers), else an InputError.
+
+    Every file-name input goes through this before any path is built, so `..`, absolute paths and names of
+    files elsewhere are refused, and the message is the same whether or not such a file exists: it reveals
+    nothing about the disk outside the model folders. Symlinks that users put inside their folders are listed,
+    and so followed."""
+    if isinstance(name, str) and name in listed:
+        return name
+    shown = name if isinstance(name, str) and len(name) <= 200 and "\x00" not in name else "(an unusable value)"
+    raise InputError(f"{what} `{shown}` is not one of the choices in {where}. Pick one from the list; after adding "
+                     "files, press R in ComfyUI to refresh the lists.")
+
+
 def adapter_files() -> list[str]:
     return folder_paths.get_filename_list("ipadapter")
 
 
 def adapter_path(name: str) -> str:
+    check_listed(name, adapter_files(), "adapter", "the ipadapter folders")
     path = folder_paths.get_full_path("ipadapter", name)
     if path is None:
         searched = ", ".join(folder_paths.get_folder_paths("ipadapter"))

@@ -12,6 +12,7 @@ import os
 import folder_paths
 
 from ..core.errors import InputError, ReferencesFileError
+from .folders import check_listed
 
 SUBFOLDER = "likeness"
 EXTENSION = ".safetensors"
@@ -47,7 +48,9 @@ def _inside(root: str, relative: str) -> str | None:
 
 
 def resolve_choice(choice: str) -> str:
-    """A combo choice -> the file's path. Refuses names that leave the input or output folder."""
+    """A combo choice -> the file's path. Refuses names that are not listed (and so any that leave the input or
+    output folder)."""
+    check_listed(choice, reference_choices(), "references file", "input/ or output/likeness/")
     if choice.endswith(OUTPUT_TAG):
         relative, root, where = choice[:-len(OUTPUT_TAG)], folder_paths.get_output_directory(), "output"
     else:
