@@ -23,8 +23,9 @@ class LikenessImageEncode(LikenessNode):
                                     "adapter needs (the adapter loader says which)."),
                 io.Image.Input("image", tooltip="One or more reference images; each image is one reference."),
                 io.Combo.Input("crop", options=list(CROP_MODES), default="center",
-                               tooltip="center: crop the middle square. pad: add borders in the encoder's mean "
-                                       "colour to keep the whole image. squash: resize to a square."),
+                               tooltip="center: crop the middle square. top/bottom/left/right: crop the square at "
+                                       "that edge (e.g. top keeps a portrait's head). pad: add borders in the "
+                                       "encoder's mean colour to keep the whole image. squash: resize to a square."),
                 io.Float.Input("sharpen", default=0.0, min=0.0, max=1.0, step=0.05,
                                tooltip="Unsharp-mask strength before encoding; helps small details survive the "
                                        "224 px encoder input."),

@@ -11,9 +11,11 @@ import comfy.model_management
 import comfy.utils
 
 from ..core.errors import InputError
+from ..core.images import crop_square, pad_square
 from ..core.references import EncoderInfo, References
 
-CROP_MODES = ("center", "pad", "squash")
+CROP_MODES = ("center", "pad", "squash", "top", "bottom", "left", "right")
+SQUARE_CROPS = ("top", "bottom", "left", "right")  # cut here; `center` is left to the encoder's own crop
 
 
 def _encoder_mean(clip_vision, device, dtype) -> torch.Tensor:
@@ -42,12 +44,9 @@ def prepare_images(image: torch.Tensor, crop: str, sharpen: float, mask: torch.T
         m = m[rows]
         image = image * m + mean.view(1, 1, 1, 3) * (1 - m)
     if crop == "pad":
-        h, w = image.shape[1:3]
-        side = max(h, w)
-        canvas = mean.view(1, 1, 1, 3).expand(image.shape[0], side, side, 3).clone()
-        top, left = (side - h) // 2, (side - w) // 2
-        canvas[:, top:top + h, left:left + w] = image
-        image = canvas
+        image = pad_square(image, mean)
+    elif crop in SQUARE_CROPS:
+        image = crop_square(image, crop)
     elif crop not in CROP_MODES:
         raise InputError(f"crop `{crop}` is not one of: {', '.join(CROP_MODES)}.")
     return image
