@@ -36,10 +36,20 @@ class LikenessImageEncode(LikenessNode):
                              tooltip="How many images go through the encoder at once; 0 = all at once. Lower it "
                                      "when many references run out of memory. The progress bar and Cancel act "
                                      "between batches."),
+                io.Int.Input("enhance_tiles", default=1, min=1, max=16, optional=True,
+                             tooltip="CLIP-vision enhancer: also encode each image as an N x N grid of tiles and "
+                                     "merge their features spatially, so small details reach the encoder at a "
+                                     "higher resolution. 1 = off; 2-3 is typical."),
+                io.Float.Input("enhance_ratio", default=1.0, min=0.0, max=1.0, step=0.05, optional=True,
+                               tooltip="With enhance_tiles > 1: how much of the whole-image features to keep. One "
+                                       "image gives two references (whole x ratio, and the tiles); several images "
+                                       "give ratio x whole + (1 - ratio) x tiles each."),
             ],
             outputs=[types.References.Output(display_name="references")],
         )
 
     @classmethod
-    def execute(cls, clip_vision, image, crop, sharpen, mask=None, encode_batch_size=0) -> io.NodeOutput:
-        return io.NodeOutput(encode_references(clip_vision, image, crop, sharpen, mask, batch_size=encode_batch_size))
+    def execute(cls, clip_vision, image, crop, sharpen, mask=None, encode_batch_size=0, enhance_tiles=1,
+                enhance_ratio=1.0) -> io.NodeOutput:
+        return io.NodeOutput(encode_references(clip_vision, image, crop, sharpen, mask, batch_size=encode_batch_size,
+                                               enhance_tiles=enhance_tiles, enhance_ratio=enhance_ratio))

@@ -15,12 +15,14 @@ from .loaders import LikenessAdapterLoader  # noqa: E402
 from .merge import LikenessMergeReferences  # noqa: E402
 from .project import LikenessProject  # noqa: E402
 from .references_io import LikenessLoadReferences, LikenessSaveReferences  # noqa: E402
+from .tiled import LikenessApplyTiled  # noqa: E402
 from .unified import LikenessModelDoctor, LikenessUnifiedLoader  # noqa: E402
 
 NODES = [
     LikenessAdapterLoader, LikenessUnifiedLoader, LikenessModelDoctor, LikenessImageEncode, LikenessProject,
     LikenessApply, LikenessApplySimple, LikenessFaceModelLoader, LikenessFaceEmbed, LikenessMergeReferences,
     LikenessSaveReferences, LikenessLoadReferences, LikenessPrepImage, LikenessNoiseImage,
+    LikenessApplyTiled,
 ]
 
 

@@ -7,11 +7,50 @@ from typing import Sequence
 import torch
 
 from .adapter import Adapter
-from .attention import ImagePrompt, site_keys_values
+from .attention import ImagePrompt, SiteKV, site_keys_values
 from .errors import IncompatibleError, InputError
 from .references import ImageTokens
-from .schedules import Site, site_weights
-from .variants import family_name
+from .schedules import Boosts, Site, site_plan
+from .variants import KOLORS, family_name
+
+TextProjection = tuple  # (weight [context, text width], bias [context] or None): a UNet's own encoder_hid_proj
+
+NO_KOLORS_SUPPORT = (
+    "This ComfyUI has no Kolors support of its own (its supported models list no Kolors); Kolors runs through a "
+    "Kolors loader pack, such as ComfyUI-Kolors-MZ, whose MODEL carries the UNet's `encoder_hid_proj`. Load the "
+    "Kolors UNet with it and connect that MODEL.")
+
+
+def check_base_model(adapter: Adapter, base_model: str | None, text_projection: TextProjection | None,
+                     model_name: str = "the MODEL") -> None:
+    """Kolors adapters need a Kolors UNet; tokens in the text encoder's space need the UNet's text projection."""
+    det = adapter.detected
+    if base_model is None:
+        return
+    if det.family == KOLORS and base_model != KOLORS:
+        raise IncompatibleError(f"adapter `{adapter.name}` is for Kolors, but {model_name} is {base_model}. "
+                                + NO_KOLORS_SUPPORT)
+    if det.needs_text_projection:
+        if text_projection is None:
+            raise IncompatibleError(
+                f"adapter `{adapter.name}` makes {det.tokens_width}-wide tokens in the text encoder's space, which "
+                f"the UNet's own text projection (`encoder_hid_proj`) maps to its {det.context_width}-wide "
+                f"attention; {model_name} ({base_model}) has none. " + NO_KOLORS_SUPPORT)
+        weight = text_projection[0]
+        if tuple(weight.shape) != (det.context_width, det.tokens_width):
+            raise IncompatibleError(
+                f"adapter `{adapter.name}` needs a text projection from {det.tokens_width} to "
+                f"{det.context_width} wide, but the UNet's `encoder_hid_proj` maps {weight.shape[1]} to "
+                f"{weight.shape[0]}. Use the Kolors model the adapter was made for.")
+
+
+def project_text_space(tokens: torch.Tensor, text_projection: TextProjection, weight_kolors: float) -> torch.Tensor:
+    """Tokens made in the text encoder's space -> the attention's context: weight_kolors · (t W^T + b), the UNet's
+    encoder_hid_proj scaled as a whole (the leading pack's `weight_kolors`)."""
+    weight, bias = text_projection
+    weight = weight.to(tokens.device, torch.float32)
+    bias = None if bias is None else bias.to(tokens.device, torch.float32)
+    return torch.nn.functional.linear(tokens.float(), weight, bias) * weight_kolors
 
 
 def check_adapter_fits(adapter: Adapter, sites: Sequence[Site], model_name: str = "the MODEL") -> None:
@@ -39,33 +78,48 @@ def check_adapter_fits(adapter: Adapter, sites: Sequence[Site], model_name: str 
 def check_tokens_fit(adapter: Adapter, tokens: ImageTokens) -> None:
     det = adapter.detected
     expected = det.tokens or tokens.tokens_per_reference  # per-token MLP: one per encoder token
-    if (tokens.adapter_name != adapter.name or tokens.context_width != det.context_width
+    if (tokens.adapter_name != adapter.name or tokens.context_width != det.tokens_width
             or tokens.tokens_per_reference != expected):
         raise IncompatibleError(
             f"the image tokens were made by adapter `{tokens.adapter_name}` ({tokens.tokens_per_reference} tokens "
             f"per reference, {tokens.context_width} wide) but Apply got adapter `{adapter.name}`, which expects "
-            f"{expected} tokens of width {det.context_width}. Connect the same adapter to Project and Apply.")
+            f"{expected} tokens of width {det.tokens_width}. Connect the same adapter to Project and Apply.")
 
 
 def build_image_prompt(adapter: Adapter, tokens: ImageTokens, sites: Sequence[Site], weight: float,
                        weight_type: str, embeds_scaling: str, sigma_start: float, sigma_end: float,
-                       mask: torch.Tensor | None = None, device: torch.device | None = None) -> ImagePrompt:
-    """Precompute every site's image keys and values once; sites at weight 0 get nothing."""
+                       mask: torch.Tensor | None = None, device: torch.device | None = None, *,
+                       boosts: Boosts = Boosts(), layer_weights: dict[int, float] | None = None,
+                       base_model: str | None = None, text_projection: TextProjection | None = None,
+                       weight_kolors: float = 1.0) -> ImagePrompt:
+    """Precompute every site's image keys and values once; sites at weight 0 get nothing.
+
+    At the sites a precise weight type swaps, the cond side attends to zero tokens (K = V = 0, so its image term
+    is exactly 0) and the uncond side to the reference's tokens."""
     check_adapter_fits(adapter, sites)
+    check_base_model(adapter, base_model, text_projection)
     check_tokens_fit(adapter, tokens)
     if mask is not None:
         if mask.ndim == 2:
             mask = mask[None]
         if mask.ndim != 3 or mask.shape[-1] == 0 or mask.shape[-2] == 0 or mask.shape[0] == 0:
             raise InputError(f"attn_mask should be a MASK [batch, height, width]; got shape {tuple(mask.shape)}.")
-    weights = site_weights(sites, weight, weight_type)
+    plan = site_plan(sites, weight, weight_type, boosts, layer_weights)
     device = device or torch.device("cpu")
     cond, uncond = (t.to(device) for t in tokens.flat())
+    if adapter.detected.needs_text_projection:
+        cond, uncond = (project_text_space(t, text_projection, weight_kolors) for t in (cond, uncond))
     site_kv = {}
     for site, layer_id in zip(sites, adapter.detected.layer_ids):
-        w = weights[site.key]
+        w = plan.weights[site.key]
         if w == 0:
             continue
         w_k, w_v = adapter.kv_weights[layer_id]
-        site_kv[site.key] = site_keys_values(cond, uncond, w_k.to(device), w_v.to(device), w, embeds_scaling)
+        kv = site_keys_values(cond, uncond, w_k.to(device), w_v.to(device), w, embeds_scaling)
+        site_kv[site.key] = swap_sides(kv) if site.key in plan.swapped else kv
     return ImagePrompt(site_kv, sigma_start, sigma_end, mask, label=adapter.name)
+
+
+def swap_sides(kv: SiteKV) -> SiteKV:
+    """The precise weight types' swap: the uncond side attends to the reference, the cond side to zero tokens."""
+    return SiteKV(torch.zeros_like(kv.k_cond), torch.zeros_like(kv.v_cond), kv.k_cond, kv.v_cond)

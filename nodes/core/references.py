@@ -173,4 +173,4 @@ def project_references(adapter: Adapter, refs: References, negative: References 
     proj = working_projection(adapter, device)
     cond = proj(cond_in.to(device, torch.float32)).float().cpu()
     uncond = proj(uncond_in.to(device, torch.float32)).float().cpu()
-    return ImageTokens(adapter.name, det.context_width, cond.shape[1], cond, uncond)
+    return ImageTokens(adapter.name, det.tokens_width, cond.shape[1], cond, uncond)
