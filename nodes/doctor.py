@@ -28,8 +28,9 @@ def report() -> str:
     lines += ["", "Face model packs (models/insightface/models):"] + ([f"  {p}" for p in packs] or ["  (none)"])
     rows = availability([(e.name, e.found) for e in adapters if isinstance(e.found, Detected)],
                         [e.found for e in encoders if isinstance(e.found, Encoder)], [e.name for e in loras], packs)
-    for family in ("SD1.5", "SDXL"):
-        lines += ["", f"Presets for {family}:"]
+    for family in ("SD1.5", "SDXL", "Kolors"):
+        lines += ["", f"Presets for {family}:" + (" (a Kolors MODEL comes from a Kolors loader pack)"
+                                                  if family == "Kolors" else "")]
         lines += [f"  {'OK ' if r.usable else '-- '} {r.preset:<24} {r.detail}" for r in rows if r.family == family]
     lines += ["", "Folders searched:"]
     for folder in ("ipadapter", "clip_vision", "loras", "insightface"):

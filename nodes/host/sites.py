@@ -8,6 +8,8 @@ from comfy.ldm.modules.attention import SpatialTransformer
 from ..core.schedules import Site
 from ..core.variants import KOLORS, family_name
 
+SDXL_SITES = 70  # the SDXL layout, which Kolors shares
+
 
 def find_sites(model) -> list[Site]:
     """Every attn2 of every SpatialTransformer, in h94 checkpoint order (input, output, then middle blocks).
@@ -55,7 +57,6 @@ def base_model(model, sites: list[Site] | None = None) -> str:
     sites = find_sites(model) if sites is None else sites
     if not sites:
         return "a model without UNet cross-attention sites"
-    family = family_name(sites[0].context_width, len(sites))
-    if family == "SDXL" and text_projection(model) is not None:
+    if len(sites) == SDXL_SITES and text_projection(model) is not None:
         return KOLORS
-    return family
+    return family_name(sites[0].context_width, len(sites))
