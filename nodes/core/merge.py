@@ -98,6 +98,11 @@ def _check_same_kind(first_name: str, first: References, name: str, refs: Refere
                 "same face model.")
     if first.image is not None:
         a, b = first.image, refs.image
+        if set(a.missing) != set(b.missing):
+            raise IncompatibleError(
+                f"cannot merge {first_name} and {name}: one of them was loaded from another pack's saved embeds, "
+                f"which hold only some of the features (missing: {', '.join(a.missing or b.missing)}). Encode those "
+                "images again with Likeness Image Encode, or merge only references of the same origin.")
         widths_differ = (a.encoder.hidden_width, a.encoder.embed_width) != (b.encoder.hidden_width,
                                                                              b.encoder.embed_width)
         if widths_differ or a.penultimate.shape[1:] != b.penultimate.shape[1:]:
@@ -228,8 +233,13 @@ def leave_one_out_similarity(vectors: torch.Tensor) -> torch.Tensor:
 
 
 def identity_vectors(refs: References) -> torch.Tensor:
-    """What outlier rejection compares: the identity embedding of face references, else the image embedding."""
-    return refs.face.normed if refs.face is not None else refs.image.image_embeds
+    """What outlier rejection compares: the identity embedding of face references, else the image embedding (the
+    token mean of the hidden states when only those were saved)."""
+    if refs.face is not None:
+        return refs.face.normed
+    if "image_embeds" in refs.image.missing:
+        return refs.image.penultimate.mean(dim=1)
+    return refs.image.image_embeds
 
 
 # ------------------------------------------------------------------ the merge
