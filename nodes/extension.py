@@ -10,6 +10,7 @@ routes.register()  # /likeness/* routes for web/js/likeness.js, when a server ru
 from .apply import LikenessApply, LikenessApplySimple  # noqa: E402
 from .encode import LikenessImageEncode  # noqa: E402
 from .face import LikenessFaceEmbed, LikenessFaceModelLoader  # noqa: E402
+from .frames import LikenessFrameWeights  # noqa: E402
 from .images import LikenessNoiseImage, LikenessPrepImage  # noqa: E402
 from .loaders import LikenessAdapterLoader  # noqa: E402
 from .merge import LikenessMergeReferences  # noqa: E402
@@ -22,7 +23,7 @@ NODES = [
     LikenessAdapterLoader, LikenessUnifiedLoader, LikenessModelDoctor, LikenessImageEncode, LikenessProject,
     LikenessApply, LikenessApplySimple, LikenessFaceModelLoader, LikenessFaceEmbed, LikenessMergeReferences,
     LikenessSaveReferences, LikenessLoadReferences, LikenessPrepImage, LikenessNoiseImage,
-    LikenessApplyTiled,
+    LikenessApplyTiled, LikenessFrameWeights,
 ]
 
 
