@@ -17,10 +17,12 @@ from .host.patch import install, sigma_window
 from .host.sites import base_model, find_sites, text_projection
 
 
-def _weight_input():
+def _weight_input(per_frame: bool = False):
     return io.Float.Input("weight", default=1.0, min=-1.0, max=5.0, step=0.05,
                           tooltip="Strength of the image prompt. 0.5-1.0 is typical; above 1 can burn; negative "
-                                  "values push away from the reference.")
+                                  "values push away from the reference."
+                                  + (" A per-frame list (from Likeness Frame Weights) gives each latent its own "
+                                     "weight." if per_frame else ""))
 
 
 def _window_inputs():
@@ -35,7 +37,7 @@ def _window_inputs():
 
 def apply_tokens(model, adapter, tokens, weight, weight_type="linear", start_at=0.0, end_at=1.0,
                  embeds_scaling="V only", attn_mask=None, faceid_lora_strength=1.0, style_boost=1.0,
-                 composition_boost=0.0, layer_weights="", weight_kolors=1.0):
+                 composition_boost=0.0, layer_weights="", weight_kolors=1.0, unfold_batch=False):
     sites = find_sites(model)
     sigma_start, sigma_end = sigma_window(model, start_at, end_at)
     projection = text_projection(model) if sites else None
@@ -44,7 +46,8 @@ def apply_tokens(model, adapter, tokens, weight, weight_type="linear", start_at=
                                 boosts=Boosts(style_boost=style_boost, composition_boost=composition_boost),
                                 layer_weights=parse_layer_weights(layer_weights),
                                 base_model=base_model(model, sites) if sites else None,
-                                text_projection=projection, weight_kolors=weight_kolors)
+                                text_projection=projection, weight_kolors=weight_kolors,
+                                unfold_batch=unfold_batch)
     return apply_faceid_lora(install(model, prompt), adapter, faceid_lora_strength)
 
 
@@ -62,7 +65,7 @@ class LikenessApply(LikenessNode):
                 io.Model.Input("model", tooltip="An SD1.5 or SDXL model (or a fine-tune) matching the adapter."),
                 types.Adapter.Input("adapter", tooltip="The same adapter that made the tokens."),
                 types.Tokens.Input("tokens", tooltip="From Likeness Project."),
-                _weight_input(),
+                _weight_input(per_frame=True),
                 io.Combo.Input("weight_type", options=list(WEIGHT_TYPES), default="linear",
                                tooltip="How the weight is spread over the UNet's layers. style transfer and "
                                        "composition act only on the layers that carry look or layout. See the "
@@ -94,6 +97,12 @@ class LikenessApply(LikenessNode):
                                         "transformers (SDXL 0-10, SD1.5 0-15; the help page lists them). Replaces "
                                         "weight_type's spread: transformer t gets weight x its multiplier, unlisted "
                                         "ones get nothing. A precise weight type keeps its side swap."),
+                io.Boolean.Input("unfold_batch", default=False, optional=True,
+                                 tooltip="For animation: reference i drives latent i (frame i) instead of every "
+                                         "latent seeing all references; the last reference repeats for the "
+                                         "remaining frames. Works with AnimateDiff context windows. Connect a "
+                                         "per-frame weight list (Likeness Frame Weights) to weight for a weight per "
+                                         "frame."),
                 io.Float.Input("weight_kolors", default=1.0, min=-1.0, max=5.0, step=0.05, optional=True,
                                tooltip="Kolors FaceID Plus only: scales the Kolors UNet's text projection that "
                                        "maps the face tokens into the attention (1.0 as trained)."),
@@ -113,10 +122,10 @@ class LikenessApply(LikenessNode):
     @classmethod
     def execute(cls, model, adapter, tokens, weight, weight_type, start_at, end_at, embeds_scaling,
                 attn_mask=None, faceid_lora_strength=1.0, style_boost=1.0, composition_boost=0.0, layer_weights="",
-                weight_kolors=1.0) -> io.NodeOutput:
+                unfold_batch=False, weight_kolors=1.0) -> io.NodeOutput:
         return io.NodeOutput(apply_tokens(model, adapter, tokens, weight, weight_type, start_at, end_at,
                                           embeds_scaling, attn_mask, faceid_lora_strength, style_boost,
-                                          composition_boost, layer_weights or "", weight_kolors))
+                                          composition_boost, layer_weights or "", weight_kolors, unfold_batch))
 
 
 class LikenessApplySimple(LikenessNode):

@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .adapter import Adapter
 from .attention import ImagePrompt, SiteKV, site_keys_values
 from .errors import IncompatibleError, InputError
+from .frames import frame_weights_list
 from .references import ImageTokens
 from .schedules import Boosts, Site, site_plan
+from .unfold import FramePrompt
 from .variants import KOLORS, family_name
 
 TextProjection = tuple  # (weight [context, text width], bias [context] or None): a UNet's own encoder_hid_proj
@@ -86,16 +89,17 @@ def check_tokens_fit(adapter: Adapter, tokens: ImageTokens) -> None:
             f"{expected} tokens of width {det.tokens_width}. Connect the same adapter to Project and Apply.")
 
 
-def build_image_prompt(adapter: Adapter, tokens: ImageTokens, sites: Sequence[Site], weight: float,
+def build_image_prompt(adapter: Adapter, tokens: ImageTokens, sites: Sequence[Site], weight,
                        weight_type: str, embeds_scaling: str, sigma_start: float, sigma_end: float,
                        mask: torch.Tensor | None = None, device: torch.device | None = None, *,
                        boosts: Boosts = Boosts(), layer_weights: dict[int, float] | None = None,
                        base_model: str | None = None, text_projection: TextProjection | None = None,
-                       weight_kolors: float = 1.0) -> ImagePrompt:
+                       weight_kolors: float = 1.0, unfold_batch: bool = False) -> ImagePrompt:
     """Precompute every site's image keys and values once; sites at weight 0 get nothing.
 
-    At the sites a precise weight type swaps, the cond side attends to zero tokens (K = V = 0, so its image term
-    is exactly 0) and the uncond side to the reference's tokens."""
+    `weight` is a number, or a list with one weight per latent (frame). At the sites a precise weight type swaps,
+    the cond side attends to zero tokens (K = V = 0, so its image term is exactly 0) and the uncond side to the
+    reference's tokens. With `unfold_batch`, reference i drives latent i instead of every latent seeing all."""
     check_adapter_fits(adapter, sites)
     check_base_model(adapter, base_model, text_projection)
     check_tokens_fit(adapter, tokens)
@@ -104,20 +108,46 @@ def build_image_prompt(adapter: Adapter, tokens: ImageTokens, sites: Sequence[Si
             mask = mask[None]
         if mask.ndim != 3 or mask.shape[-1] == 0 or mask.shape[-2] == 0 or mask.shape[0] == 0:
             raise InputError(f"attn_mask should be a MASK [batch, height, width]; got shape {tuple(mask.shape)}.")
-    plan = site_plan(sites, weight, weight_type, boosts, layer_weights)
+    frame_list = frame_weights_list(weight)
+    per_frame = frame_list is not None and len(set(frame_list)) > 1
+    if frame_list is not None and not per_frame:
+        weight = frame_list[0]  # one value for every frame: no different from a plain weight
+    plans = [site_plan(sites, w, weight_type, boosts, layer_weights) for w in (frame_list if per_frame else [weight])]
     device = device or torch.device("cpu")
-    cond, uncond = (t.to(device) for t in tokens.flat())
+    if unfold_batch:
+        cond, uncond = tokens.cond.to(device), tokens.uncond.to(device)  # [N, T, C]: one row per reference
+    else:
+        cond, uncond = (t.to(device)[None] for t in tokens.flat())  # [1, N * T, C]: every latent sees all
     if adapter.detected.needs_text_projection:
         cond, uncond = (project_text_space(t, text_projection, weight_kolors) for t in (cond, uncond))
-    site_kv = {}
+    site_kv, frame_weights = {}, {}
     for site, layer_id in zip(sites, adapter.detected.layer_ids):
-        w = plan.weights[site.key]
-        if w == 0:
+        weights = [plan.weights[site.key] for plan in plans]
+        if not any(weights):
             continue
         w_k, w_v = adapter.kv_weights[layer_id]
-        kv = site_keys_values(cond, uncond, w_k.to(device), w_v.to(device), w, embeds_scaling)
-        site_kv[site.key] = swap_sides(kv) if site.key in plan.swapped else kv
-    return ImagePrompt(site_kv, sigma_start, sigma_end, mask, label=adapter.name)
+        folded = weights[0] if not per_frame else 1.0
+        kv = _row_keys_values(cond, uncond, w_k.to(device), w_v.to(device), folded, embeds_scaling, per_frame)
+        site_kv[site.key] = swap_sides(kv) if site.key in plans[0].swapped else kv
+        if per_frame:
+            frame_weights[site.key] = torch.tensor(weights, dtype=torch.float32)
+    if not (unfold_batch or per_frame or (mask is not None and mask.shape[0] > 1)):
+        flat = {key: SiteKV(*(t[0] for t in (kv.k_cond, kv.v_cond, kv.k_uncond, kv.v_uncond)))
+                for key, kv in site_kv.items()}
+        return ImagePrompt(flat, sigma_start, sigma_end, mask, label=adapter.name)
+    return FramePrompt(site_kv, sigma_start, sigma_end, mask, label=adapter.name,
+                       frame_weights=frame_weights if per_frame else None, scaling=embeds_scaling)
+
+
+def _row_keys_values(cond: torch.Tensor, uncond: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor, weight: float,
+                     scaling: str, raw: bool) -> SiteKV:
+    """K/V of [R, T, C] token rows, [R, T, width] each. `raw`: unweighted (per-frame weights apply later)."""
+    if raw:
+        w_k, w_v = w_k.float(), w_v.float()
+        return SiteKV(*(F.linear(t.float(), w).detach().cpu() for t, w in ((cond, w_k), (cond, w_v), (uncond, w_k),
+                                                                          (uncond, w_v))))
+    rows = [site_keys_values(c, u, w_k, w_v, weight, scaling) for c, u in zip(cond, uncond)]
+    return SiteKV(*(torch.stack([getattr(r, f) for r in rows]) for f in ("k_cond", "v_cond", "k_uncond", "v_uncond")))
 
 
 def swap_sides(kv: SiteKV) -> SiteKV:
