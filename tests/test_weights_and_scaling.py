@@ -222,3 +222,40 @@ def test_embeds_scaling_formulas(scaling):
             q, (k * c)[None], (v - v.mean(0) + v.mean(0) * c)[None], heads),
     }[scaling]
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_chart_route_shows_boosts_layer_weights_and_swaps():
+    """GET /likeness/weights takes Likeness Apply's style_boost, composition_boost and layer_weights too."""
+    import asyncio
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    routes = pack("nodes.host.routes")
+    table = routes.weights_table("sdxl", 0.8, "style transfer precise", style_boost=1.5)
+    by_block = {(s["block"], s["block_id"]): (s["weight"], s["swapped"]) for s in table["sites"]}
+    assert by_block[("input", 8)] == (1.5, True) and by_block[("output", 1)] == (0.8, False)
+    layered = routes.weights_table("sd15", 0.5, "linear", layer_weights="0:1, 15:2")
+    assert table["layer_weights"] is False and layered["layer_weights"] is True
+    assert [s["weight"] for s in layered["sites"]] == [0.5] + [0.0] * 14 + [1.0]
+
+    async def ask(queries):
+        app = web.Application()
+        table_def = web.RouteTableDef()
+        routes.add_routes(table_def)
+        app.add_routes(table_def)
+        async with TestClient(TestServer(app)) as client:
+            out = []
+            for q in queries:
+                response = await client.get("/likeness/weights", params=q)
+                out.append((response.status, await response.json()))
+            return out
+
+    ok, bad_layers, bad_boost = asyncio.run(ask([
+        {"layout": "sdxl", "weight": "0.8", "weight_type": "composition precise", "composition_boost": "0.3",
+         "layer_weights": "3:1, 6:0.5"},
+        {"weight_type": "linear", "layer_weights": "3=1"},
+        {"weight_type": "linear", "style_boost": "nan"}]))
+    assert ok == (200, routes.weights_table("sdxl", 0.8, "composition precise", 1.0, 0.3, "3:1, 6:0.5"))
+    assert bad_layers[0] == 400 and "index:weight" in bad_layers[1]["error"]
+    assert bad_boost[0] == 400 and "style_boost" in bad_boost[1]["error"]
