@@ -91,7 +91,7 @@ class LikenessApply(LikenessNode):
                                tooltip="composition precise only: the weight at the style layers (a tenth of it at "
                                        "the other non-layout layers), with the sides swapped there so the picture "
                                        "moves away from the reference's look. 0 keeps only the layout."),
-                io.String.Input("layer_weights", default="", multiline=True, optional=True,
+                io.String.Input("layer_weights", default="", multiline=False, optional=True,
                                 placeholder="e.g. 3:1.0, 6:0.5 (empty: use weight_type)",
                                 tooltip="Optional per-layer weights `index:multiplier, ...` over the spatial "
                                         "transformers (SDXL 0-10, SD1.5 0-15; the help page lists them). Replaces "
