@@ -213,3 +213,19 @@ def test_sampling_a_batch_of_four_latents_with_per_frame_weights(models_dir):
     torch.testing.assert_close(got[2], CAPTURED["none"][2], **tol)
     torch.testing.assert_close(got[3], CAPTURED["a"][3], **tol)
     assert not torch.allclose(got[0], CAPTURED["none"][0], **tol)
+
+
+def test_frame_prompts_keep_their_own_device_copies(tmp_path, sd15):
+    """Placed once per device and dtype (by the host's move, or on first use), dropped when the model leaves."""
+    adapter = make_adapter(tmp_path, seed=12)
+    patched = apply_node.apply_tokens(sd15, adapter, refs_tokens(adapter, 2), [1.0, 0.5], unfold_batch=True)
+    site = sites_mod.find_sites(sd15)[0]
+    prompt = patched.model_options["transformer_options"]["patches_replace"]["attn2"][site.key].prompts[0]
+    assert isinstance(prompt, unfold.FramePrompt) and prompt.placed_device is None
+    placed = prompt.place("cpu", torch.float16)
+    assert placed[site.key].k_cond.dtype == torch.float16 and prompt.place("cpu", torch.float16) is placed
+    q = torch.randn(2, 24, site.width, dtype=torch.float16)
+    k, v, mask = prompt.keys_values(site.key, q, site_extra(site.width, 1))
+    assert k.shape == (2, 4 * 1, site.width) and k.dtype == torch.float16 and mask is None
+    prompt.release(torch.device("cpu"))
+    assert prompt.placed_device is None

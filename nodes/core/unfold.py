@@ -9,6 +9,7 @@ AnimateDiff-Evolved's `ad_params["sub_idxs"]` or ComfyUI's own `context_window.i
 
 from __future__ import annotations
 
+import threading
 from typing import Mapping, Sequence
 
 import torch
@@ -54,7 +55,10 @@ def mask_rows(mask: torch.Tensor, tokens: int, extra: Mapping, chunks: Sequence[
 class FramePrompt(ImagePrompt):
     """An ImagePrompt whose keys and values differ by latent: K/V per reference ([R, tokens, width] for each side;
     R = 1 when every latent sees all references), and optionally per-frame site weights, applied per row when
-    the call runs (K/V are then stored unweighted; a plain weight is folded in when the prompt is built)."""
+    the call runs (K/V are then stored unweighted; a plain weight is folded in when the prompt is built).
+
+    It keeps its own device copies (`place` / `release`, called when the host moves the model's patches; made on
+    first use otherwise) and answers `keys_values` with K/V laid out row by row along the queries' batch."""
 
     def __init__(self, site_kv: Mapping[SiteKey, SiteKV], sigma_start: float, sigma_end: float,
                  mask: torch.Tensor | None = None, label: str = "",
@@ -62,15 +66,46 @@ class FramePrompt(ImagePrompt):
         super().__init__(site_kv, sigma_start, sigma_end, mask, label)
         self.frame_weights = None if frame_weights is None else {k: w.float().cpu() for k, w in frame_weights.items()}
         self.scaling = scaling
+        self._rows_lock = threading.Lock()
+        self._row_copies: dict = {}  # (device, dtype) -> {site key: SiteKV}
 
     @property
     def references(self) -> int:
         return next(iter(self.site_kv.values())).k_cond.shape[0] if self.site_kv else 0
 
-    def batched(self, key: SiteKey, q: torch.Tensor, extra: Mapping):
+    def place(self, device, dtype) -> dict:
+        """Copies of the per-reference K/V on `device` in `dtype`, made once."""
+        key = (torch.device(device), dtype)
+        hit = self._row_copies.get(key)
+        if hit is None:
+            with self._rows_lock:
+                hit = self._row_copies.get(key)
+                if hit is None:
+                    hit = {k: SiteKV(*(t.to(device=device, dtype=dtype) for t in (kv.k_cond, kv.v_cond, kv.k_uncond,
+                                                                                   kv.v_uncond)))
+                           for k, kv in self.site_kv.items()}
+                    self._row_copies = {**self._row_copies, key: hit}
+        return hit
+
+    def release(self, device=None) -> None:
+        """Drop the copies on `device` (all device copies when None)."""
+        with self._rows_lock:
+            self._row_copies = {k: c for k, c in self._row_copies.items()
+                                if device is not None and k[0] != torch.device(device)}
+
+    @property
+    def placed_device(self) -> torch.device | None:
+        copies = self._row_copies
+        return next(iter(copies))[0] if copies else None
+
+    def keys_values(self, key: SiteKey, q: torch.Tensor, extra: Mapping, *args, **kwargs):
+        """K [b, tokens, width], V and mask [b, n, 1] for the b query rows of this call (or None where the prompt
+        does not act now)."""
+        if key not in self.site_kv or not self.is_active(extra):
+            return None
         chunks, per = chunk_rows(extra, q.shape[0])
         frames = latent_indices(extra, per)
-        kv = self.kv_on(key, q.device, q.dtype)
+        kv = self.place(q.device, q.dtype)[key]
         refs = torch.tensor(frames, device=q.device).clamp(max=kv.k_cond.shape[0] - 1)
         weight = None
         if self.frame_weights is not None:
