@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def apply_tiled(model, adapter, clip_vision, image, weight, weight_type="linear", combine_embeds="concat",
                 start_at=0.0, end_at=1.0, sharpening=0.0, embeds_scaling="V only", image_negative=None,
-                attn_mask=None, encode_batch_size=0):
+                attn_mask=None, encode_batch_size=0, unfold_batch=False):
     """One image prompt per tile, masked to the tile's footprint. Returns (model, tiles, masks, layout)."""
     tiles, masks, layout = cut_tiles(image, attn_mask, sharpening)
     device = comfy.model_management.get_torch_device()
@@ -32,10 +32,11 @@ def apply_tiled(model, adapter, clip_vision, image, weight, weight_type="linear"
         negative = encode_references(clip_vision, image_negative, batch_size=encode_batch_size)
     for tile, mask in zip(tiles, masks):
         refs = encode_references(clip_vision, tile, batch_size=encode_batch_size)
-        if combine_embeds != "concat" and refs.count > 1:
+        if combine_embeds != "concat" and refs.count > 1 and not unfold_batch:
             refs, _ = merge_references(gather([("image", refs)]), combine_embeds)
         tokens = project_references(adapter, refs, negative, device=device)
-        model = apply_tokens(model, adapter, tokens, weight, weight_type, start_at, end_at, embeds_scaling, mask)
+        model = apply_tokens(model, adapter, tokens, weight, weight_type, start_at, end_at, embeds_scaling, mask,
+                             unfold_batch=unfold_batch)
     return model, torch.cat(tiles), torch.cat(masks), layout
 
 
@@ -76,6 +77,9 @@ class LikenessApplyTiled(LikenessNode):
                                       "tile keeps its part of it."),
                 io.Int.Input("encode_batch_size", default=0, min=0, max=4096, optional=True,
                              tooltip="Images per encoder call; 0 = all at once."),
+                io.Boolean.Input("unfold_batch", default=False, optional=True,
+                                 tooltip="For animation: reference image i drives latent i (per tile), as on "
+                                         "Likeness Apply; combine_embeds is then not used."),
             ],
             outputs=[io.Model.Output(display_name="model"), io.Image.Output(display_name="tiles"),
                      io.Mask.Output(display_name="masks")],
@@ -87,11 +91,11 @@ class LikenessApplyTiled(LikenessNode):
 
     @classmethod
     def execute(cls, model, adapter, clip_vision, image, weight, weight_type, combine_embeds, start_at, end_at,
-                sharpening, embeds_scaling, image_negative=None, attn_mask=None,
-                encode_batch_size=0) -> io.NodeOutput:
+                sharpening, embeds_scaling, image_negative=None, attn_mask=None, encode_batch_size=0,
+                unfold_batch=False) -> io.NodeOutput:
         model, tiles, masks, layout = apply_tiled(model, adapter, clip_vision, image, weight, weight_type,
                                                   combine_embeds, start_at, end_at, sharpening, embeds_scaling,
-                                                  image_negative, attn_mask, encode_batch_size)
+                                                  image_negative, attn_mask, encode_batch_size, unfold_batch)
         h, w = layout.size
         text = f"{len(layout.boxes)} tiles of 256 px over the reference resized to {w}x{h}"
         log.info("Likeness: %s", text)
