@@ -10,7 +10,7 @@ import torch
 from .host.api import LikenessNode, io, ui
 
 from . import types
-from .apply import apply_tokens
+from .apply import _window_inputs, apply_tokens
 from .core.attention import EMBEDS_SCALING
 from .core.merge import MERGE_MODES, gather, merge_references
 from .core.references import project_references
@@ -62,10 +62,7 @@ class LikenessApplyTiled(LikenessNode):
                 io.Combo.Input("combine_embeds", options=list(MERGE_MODES), default="concat",
                                tooltip="With a batch of references: how each tile's references are combined "
                                        "(see Likeness Merge References)."),
-                io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.001,
-                               tooltip="Fraction of the sampling schedule where the tiles start acting."),
-                io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.001,
-                               tooltip="Fraction of the sampling schedule where they stop."),
+                *_window_inputs(),
                 io.Float.Input("sharpening", default=0.0, min=0.0, max=1.0, step=0.05,
                                tooltip="Contrast-adaptive sharpening of the resized reference before it is cut."),
                 io.Combo.Input("embeds_scaling", options=list(EMBEDS_SCALING), default="V only",
