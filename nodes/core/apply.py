@@ -53,7 +53,7 @@ def project_text_space(tokens: torch.Tensor, text_projection: TextProjection, we
     weight, bias = text_projection
     weight = weight.to(tokens.device, torch.float32)
     bias = None if bias is None else bias.to(tokens.device, torch.float32)
-    return torch.nn.functional.linear(tokens.float(), weight, bias) * weight_kolors
+    return F.linear(tokens.float(), weight, bias) * weight_kolors
 
 
 def check_adapter_fits(adapter: Adapter, sites: Sequence[Site], model_name: str = "the MODEL") -> None:

@@ -69,10 +69,6 @@ class FramePrompt(ImagePrompt):
         self._rows_lock = threading.Lock()
         self._row_copies: dict = {}  # (device, dtype) -> {site key: SiteKV}
 
-    @property
-    def references(self) -> int:
-        return next(iter(self.site_kv.values())).k_cond.shape[0] if self.site_kv else 0
-
     def place(self, device, dtype) -> dict:
         """Copies of the per-reference K/V on `device` in `dtype`, made once."""
         key = (torch.device(device), dtype)
