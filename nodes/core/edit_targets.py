@@ -228,6 +228,7 @@ TARGETS = (
                "OmniGen2ImageProcessor.get_new_height_width",
         takes="Likeness Reference Latents, or core VAEEncode + ReferenceLatent per reference",
         core_nodes=("ReferenceLatent",), comfyui_version="ComfyUI 0.3.64 and later",
+        variants=(ModelVariant("OmniGen2", "omnigen2", None),),
         latent_channels=16, vae_hint="ae.safetensors (the FLUX.1 VAE)", max_references=5, hard_limit=True),
     EditTarget(
         key="flux2", name="FLUX.2 [dev] / [klein]",
@@ -238,6 +239,8 @@ TARGETS = (
                "allows 2024² for a single reference",
         takes="Likeness Reference Latents (or core ReferenceLatent per reference) in a ComfyUI with FLUX.2",
         core_nodes=("EmptyFlux2LatentImage", "ReferenceLatent"), comfyui_version="ComfyUI 0.3.71 and later (Comfy-Org/ComfyUI#10879)",
+        variants=(ModelVariant("FLUX.2", "flux2", None), ModelVariant("FLUX.2", "flux-2", None),
+                  ModelVariant("FLUX.2", "flux.2", None)),
         latent_channels=32, vae_hint="flux2-vae.safetensors", max_references=10),
     EditTarget(
         key="hidream o1", name="HiDream-O1-Image",
@@ -248,6 +251,8 @@ TARGETS = (
                "(resize_pilimage)",
         takes="core HiDreamO1ReferenceImages (image_1, image_2, ... in order) in a ComfyUI with HiDream-O1",
         core_nodes=("HiDreamO1ReferenceImages",), comfyui_version="ComfyUI from May 2026 (Comfy-Org/ComfyUI#13817)",
+        variants=(ModelVariant("HiDream-O1-Image", "hidream_o1", None),
+                  ModelVariant("HiDream-O1-Image", "hidream-o1", None)),
         max_references=10),
     EditTarget(
         key="as is", name="as is (no resizing)",

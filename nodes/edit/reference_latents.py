@@ -12,7 +12,7 @@ from ..host import edit
 
 def method_options() -> list[str]:
     """The issue's three methods, plus any newer one the running ComfyUI offers (e.g. index_timestep_zero)."""
-    extra = [m for m in edit.core_reference_methods() if m not in ("offset", "index", "uxo")]
+    extra = [m for m in edit.core_reference_methods() or () if m not in ("offset", "index", "uxo")]
     return list(REFERENCE_METHODS) + extra
 
 

@@ -28,7 +28,7 @@ def output_side(megapixels: float) -> int:
 
 def availability(t: EditTarget) -> str:
     missing = edit.missing_nodes(t.core_nodes)
-    if not missing:
+    if not missing:  # [] or None (unknown)
         return f"Feed them to {t.takes}."
     return (f"This ComfyUI lacks {', '.join(missing)}, so it cannot run {t.name}; the references were still prepared "
             f"by the published rule. In {t.comfyui_version} feed them to {t.takes}.")

@@ -104,22 +104,29 @@ def encode(vae, image: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- what this ComfyUI has
 
-def node_ids() -> set[str]:
-    import nodes
+def _core_mapping() -> dict | None:
+    """ComfyUI's node table, or None outside a running ComfyUI (e.g. the doctor's command line)."""
+    import sys
 
-    return set(nodes.NODE_CLASS_MAPPINGS)
-
-
-def missing_nodes(names: Sequence[str]) -> list[str]:
-    have = node_ids()
-    return [n for n in names if n not in have]
+    module = sys.modules.get("nodes")
+    mapping = getattr(module, "NODE_CLASS_MAPPINGS", None)
+    return mapping if isinstance(mapping, dict) else None
 
 
-def core_reference_methods() -> tuple[str, ...]:
-    """The methods core's FluxKontextMultiReferenceLatentMethod offers, as it stores them."""
-    import nodes
+def missing_nodes(names: Sequence[str]) -> list[str] | None:
+    """The core nodes of `names` this ComfyUI lacks; None when that cannot be known here."""
+    mapping = _core_mapping()
+    if mapping is None:
+        return None
+    return [n for n in names if n not in mapping]
 
-    node = nodes.NODE_CLASS_MAPPINGS.get("FluxKontextMultiReferenceLatentMethod")
+
+def core_reference_methods() -> tuple[str, ...] | None:
+    """The methods core's FluxKontextMultiReferenceLatentMethod offers, as it stores them; None when unknown."""
+    mapping = _core_mapping()
+    if mapping is None:
+        return None
+    node = mapping.get("FluxKontextMultiReferenceLatentMethod")
     if node is None:
         return ()
     spec = node.INPUT_TYPES().get("required", {}).get("reference_latents_method")
