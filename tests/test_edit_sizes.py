@@ -199,3 +199,11 @@ def test_every_target_states_its_rule_source_and_node():
     for t in targets.TARGETS:
         assert t.rule and t.source and t.takes, t.key
     assert targets.BY_KEY["as is"].size(123, 456) == (123, 456)
+
+
+def test_the_help_page_states_every_rule_and_source_of_the_table():
+    from conftest import PACK
+
+    page = (PACK / "web" / "docs" / "LikenessReferencePack.md").read_text()
+    for t in targets.TARGETS:
+        assert f"| `{t.key}` | {t.name} | {t.rule} | {t.source} | {t.takes} |" in page, t.key
