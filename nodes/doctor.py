@@ -16,8 +16,8 @@ import sys
 def report(prompt: dict | None = None) -> str:
     """The doctor's text; `prompt` (the running workflow, when the node runs in one) adds its edit-model checks."""
     from .core.presets import availability
-    from .edit.checks import section as edit_models_section
     from .core.variants import Detected, Encoder
+    from .edit.checks import section as edit_models_section
     from .host import catalog
 
     adapters, encoders, loras = catalog.adapters(), catalog.encoders(), catalog.faceid_loras()

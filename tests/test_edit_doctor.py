@@ -13,7 +13,8 @@ def test_the_doctor_lists_every_edit_model_and_what_this_comfyui_lacks():
     text = doctor.report()
     assert "Edit models (reference images" in text
     assert "reference methods this ComfyUI offers: offset, index, uxo" in text
-    for line in ("OK  FLUX.1 Kontext [dev]", "OK  Qwen-Image-Edit Plus", "OK  OmniGen2", "--  FLUX.2", "--  HiDream-O1"):
+    for line in ("OK  FLUX.1 Kontext [dev]", "OK  Qwen-Image-Edit Plus", "OK  OmniGen2", "--  FLUX.2",
+                 "--  HiDream-O1"):
         assert line in text, line
     assert "this ComfyUI lacks EmptyFlux2LatentImage" in text and "still prepares its references" in text
     assert "this ComfyUI lacks HiDreamO1ReferenceImages" in text

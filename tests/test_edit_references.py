@@ -268,7 +268,8 @@ def test_qwen_image_model_receives_more_than_three_references():
     prompt = {
         "1": {"class_type": "LikenessTestEditModel", "inputs": {"kind": "qwen"}},
         "2": {"class_type": "LikenessTestImageList", "inputs": {"sizes": ", ".join(f"{w}x{h}" for w, h in sizes)}},
-        "4": {"class_type": "LikenessTestTinyTextEncoder", "inputs": {"clip_name": "qwen.safetensors", "type": "qwen_image"}},
+        "4": {"class_type": "LikenessTestTinyTextEncoder",
+              "inputs": {"clip_name": "qwen.safetensors", "type": "qwen_image"}},
         "6": {"class_type": "LikenessTestTinyVAE", "inputs": {"vae_name": "qwen_image_vae.safetensors"}},
         "7": {"class_type": "LikenessQwenEditEncode", "inputs": {
             "clip": ["4", 0], "vae": ["6", 0], "prompt": "Picture 1 in the style of Picture 5", "references": ["2", 0],
@@ -288,7 +289,8 @@ def test_omnigen2_model_receives_every_reference():
     prompt = {
         "1": {"class_type": "LikenessTestEditModel", "inputs": {"kind": "omnigen2"}},
         "2": {"class_type": "LikenessTestImageList", "inputs": {"sizes": ", ".join(f"{w}x{h}" for w, h in sizes)}},
-        "4": {"class_type": "LikenessTestTinyTextEncoder", "inputs": {"clip_name": "qwen.safetensors", "type": "omnigen2"}},
+        "4": {"class_type": "LikenessTestTinyTextEncoder",
+              "inputs": {"clip_name": "qwen.safetensors", "type": "omnigen2"}},
         "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 0], "text": "both of them at the beach"}},
         "6": {"class_type": "LikenessTestTinyVAE", "inputs": {"vae_name": "ae.safetensors"}},
         "7": {"class_type": "LikenessReferenceLatents", "inputs": {

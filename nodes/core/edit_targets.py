@@ -199,7 +199,8 @@ TARGETS = (
         source="diffusers FluxKontextPipeline (PREFERRED_KONTEXT_RESOLUTIONS); the same list as ComfyUI's "
                "FluxKontextImageScale",
         takes="Likeness Reference Latents (method offset), or core VAEEncode + ReferenceLatent per reference",
-        core_nodes=("ReferenceLatent", "FluxKontextMultiReferenceLatentMethod"), comfyui_version="ComfyUI 0.3.64 and later",
+        core_nodes=("ReferenceLatent", "FluxKontextMultiReferenceLatentMethod"),
+        comfyui_version="ComfyUI 0.3.64 and later",
         methods=("offset", "index", "uxo"), default_method="offset",
         wrong_methods=(("index", "Kontext [dev] was trained with one reference; `index` gives each reference its "
                                  "own position index, which only a model trained for several references uses "
@@ -238,7 +239,8 @@ TARGETS = (
         source="diffusers Flux2Pipeline (Flux2ImageProcessor._resize_to_target_area); BFL's own sampling code "
                "allows 2024² for a single reference",
         takes="Likeness Reference Latents (or core ReferenceLatent per reference) in a ComfyUI with FLUX.2",
-        core_nodes=("EmptyFlux2LatentImage", "ReferenceLatent"), comfyui_version="ComfyUI 0.3.71 and later (Comfy-Org/ComfyUI#10879)",
+        core_nodes=("EmptyFlux2LatentImage", "ReferenceLatent"),
+        comfyui_version="ComfyUI 0.3.71 and later (Comfy-Org/ComfyUI#10879)",
         variants=(ModelVariant("FLUX.2", "flux2", None), ModelVariant("FLUX.2", "flux-2", None),
                   ModelVariant("FLUX.2", "flux.2", None)),
         latent_channels=32, vae_hint="flux2-vae.safetensors", max_references=10),

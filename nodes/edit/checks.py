@@ -83,7 +83,8 @@ def workflow_warnings(prompt: dict | None) -> list[str]:
         if variant.method and variant.method != target.default_method:
             if variant.method not in offered:
                 out.append(f"WARNING: node {node_id} loads {name} ({variant.name}), which needs reference method "
-                           f"`{variant.method}`; this ComfyUI lacks it ({', '.join(offered) or 'none'}). Update ComfyUI "
+                           f"`{variant.method}`; this ComfyUI lacks it ({', '.join(offered) or 'none'}). "
+                           "Update ComfyUI "
                            f"({METHOD_PR.get(variant.method, 'a newer ComfyUI')}).")
             elif not any(method == variant.method for _, _, method in methods):
                 out.append(f"WARNING: node {node_id} loads {name} ({variant.name}), which needs reference method "
@@ -92,7 +93,8 @@ def workflow_warnings(prompt: dict | None) -> list[str]:
                            f"`{variant.method}`.")
         missing = edit.missing_nodes(target.core_nodes)
         if missing:
-            out.append(f"WARNING: node {node_id} loads {name} ({variant.name}); this ComfyUI lacks {', '.join(missing)} "
+            out.append(f"WARNING: node {node_id} loads {name} ({variant.name}); this ComfyUI lacks "
+                       f"{', '.join(missing)} "
                        f"and cannot run it. Update to {target.comfyui_version}.")
     return out
 
