@@ -9,8 +9,8 @@ from . import types
 from .core.apply import build_image_prompt
 from .core.attention import EMBEDS_SCALING
 from .core.references import project_references
-from .core.errors import LikenessError
 from .core.schedules import WEIGHT_TYPES, Boosts, parse_layer_weights, window_problem
+from .core.validation import parse_problem
 from .host.encode import encode_references
 from .host.lora import apply_faceid_lora
 from .host.patch import install, sigma_window
@@ -112,12 +112,7 @@ class LikenessApply(LikenessNode):
 
     @classmethod
     def check_inputs(cls, start_at=None, end_at=None, layer_weights=None, **_):
-        if isinstance(layer_weights, str):
-            try:
-                parse_layer_weights(layer_weights)
-            except LikenessError as e:
-                return str(e)
-        return window_problem(start_at, end_at)
+        return parse_problem(parse_layer_weights, layer_weights) or window_problem(start_at, end_at)
 
     @classmethod
     def execute(cls, model, adapter, tokens, weight, weight_type, start_at, end_at, embeds_scaling,

@@ -7,8 +7,8 @@ import torch
 from .host.api import LikenessNode, io, ui
 
 from . import types
-from .core.errors import LikenessError
 from .core.frames import METHODS, TIMINGS, FrameStrategy, frame_schedule, parse_weights_text
+from .core.validation import parse_problem
 
 
 def _frames(images: torch.Tensor | None, indices):
@@ -65,12 +65,7 @@ class LikenessFrameWeights(LikenessNode):
 
     @classmethod
     def check_inputs(cls, weights=None, **_):
-        if isinstance(weights, str):
-            try:
-                parse_weights_text(weights)
-            except LikenessError as e:
-                return str(e)
-        return None
+        return parse_problem(parse_weights_text, weights)
 
     @classmethod
     def execute(cls, weights, timing, frames, start_frame, end_frame, add_starting_frames, add_ending_frames,

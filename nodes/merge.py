@@ -8,8 +8,8 @@ import logging
 from .host.api import LikenessNode, io, ui
 
 from . import types
-from .core.errors import LikenessError
 from .core.merge import MERGE_MODES, gather, merge_references, parse_weights
+from .core.validation import parse_problem
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,7 @@ class LikenessMergeReferences(LikenessNode):
 
     @classmethod
     def check_inputs(cls, weights=None, **_):
-        if isinstance(weights, str):
-            try:
-                parse_weights(weights)
-            except LikenessError as e:
-                return str(e)
-        return None
+        return parse_problem(parse_weights, weights)
 
     @classmethod
     def execute(cls, mode, weights="", drop_outliers=False, outlier_threshold=0.3, **references) -> io.NodeOutput:

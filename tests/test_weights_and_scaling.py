@@ -259,3 +259,14 @@ def test_the_chart_route_shows_boosts_layer_weights_and_swaps():
     assert ok == (200, routes.weights_table("sdxl", 0.8, "composition precise", 1.0, 0.3, "3:1, 6:0.5"))
     assert bad_layers[0] == 400 and "index:weight" in bad_layers[1]["error"]
     assert bad_boost[0] == 400 and "style_boost" in bad_boost[1]["error"]
+
+
+def test_a_malformed_layer_weights_is_refused_before_the_run(models_dir):
+    from conftest import run_prompt
+    from test_end_to_end import modular_prompt, write_adapter
+
+    prompt = modular_prompt(write_adapter(models_dir, "layers-linear.safetensors"))
+    prompt["13"]["inputs"]["layer_weights"] = "3=1"
+    result = run_prompt(prompt)
+    assert not result.valid
+    assert "`3=1` is not `index:weight`" in str(result.node_errors)
