@@ -320,3 +320,44 @@ def test_the_cli_writes_the_converted_file_and_prints_the_summary(tmp_path):
     run = subprocess.run([sys.executable, "-m", "nodes.migrate", str(bad)], cwd=PACK, capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 1 and "Cannot convert" in run.stderr
+
+
+def test_the_route_converts_and_refuses_hostile_input_with_400():
+    import asyncio
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    routes = pack("nodes.host.routes")
+
+    async def ask(bodies):
+        app, table = web.Application(), web.RouteTableDef()
+        routes.add_routes(table)
+        app.add_routes(table)
+        async with TestClient(TestServer(app)) as client:
+            out = []
+            for body in bodies:
+                response = await client.post("/likeness/migrate", data=body)
+                out.append((response.status, await response.json()))
+            return out
+
+    nested = "[" * 100000 + "]" * 100000
+    answers = asyncio.run(ask([json.dumps({"workflow": graphs.style_composition()}).encode(),
+                               json.dumps(_api(graphs.advanced_and_simple())).encode(),
+                               b"not json", b"\xff\xfe", nested.encode(), b"[1, 2]", b'{"nodes": 3}',
+                               b"x" * (routes.MAX_MIGRATE_BYTES + 10)]))
+    (ok, workflow), (ok_api, api) = answers[:2]
+    assert ok == 200 and not leading_types(workflow["workflow"]) and "middle block" in workflow["summary"]["text"]
+    assert ok_api == 200 and not [n for n in api["workflow"].values() if n["class_type"] in R.LAYOUTS]
+    for status, answer in answers[2:]:
+        assert status == 400 and answer["error"], answer
+
+
+def test_the_migrated_examples_are_the_converters_output():
+    import make_migrated_examples as examples
+
+    for name, (make, text) in examples.EXAMPLES.items():
+        shipped = json.loads((PACK / "workflows" / name).read_text())
+        assert shipped == json.loads(json.dumps(examples.example(make, text, migrate.convert))), \
+            f"{name} is stale: run python tests/make_migrated_examples.py"
+        assert not overlaps(shipped), overlaps(shipped)
