@@ -8,6 +8,8 @@ folders.register_all()
 routes.register()  # /likeness/* routes for web/js/likeness.js, when a server runs
 
 from .apply import LikenessApply, LikenessApplySimple  # noqa: E402
+from .check.identity_score import LikenessIdentityScore  # noqa: E402
+from .check.subject_score import LikenessSubjectScore  # noqa: E402
 from .encode import LikenessImageEncode  # noqa: E402
 from .face import LikenessFaceEmbed, LikenessFaceModelLoader  # noqa: E402
 from .loaders import LikenessAdapterLoader  # noqa: E402
@@ -19,7 +21,7 @@ from .unified import LikenessModelDoctor, LikenessUnifiedLoader  # noqa: E402
 NODES = [
     LikenessAdapterLoader, LikenessUnifiedLoader, LikenessModelDoctor, LikenessImageEncode, LikenessProject,
     LikenessApply, LikenessApplySimple, LikenessFaceModelLoader, LikenessFaceEmbed, LikenessMergeReferences,
-    LikenessSaveReferences, LikenessLoadReferences,
+    LikenessSaveReferences, LikenessLoadReferences, LikenessIdentityScore, LikenessSubjectScore,
 ]
 
 
