@@ -6,6 +6,7 @@ to people, and the swap and blend flags, on embeddings whose answers are known.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -76,7 +77,7 @@ def test_one_reference_uses_the_fixed_baseline():
     assert cal.fixed and cal.baseline == identity.FACE_SINGLE_BASELINE == identity.VERIFICATION_THRESHOLD == 0.4
     assert cal.leave_one_out == ()
     assert torch.allclose(cal.centroid, torch.tensor([0.6, 0.8, 0.0]))
-    person = identity.make_person("person 1 (references)", v, 0.0, 0.4, identity.VERIFICATION_THRESHOLD, "line")
+    person = identity.make_person("person 1 (references)", cal, 0.0, identity.VERIFICATION_THRESHOLD, "line")
     assert person.threshold == pytest.approx(1.0)  # the verification line itself
     assert "fixed" in person.describe()
 
@@ -89,17 +90,17 @@ def test_auto_threshold_is_the_line_over_the_baseline_capped_at_one(baseline, li
 
 def test_make_person_auto_and_manual_thresholds():
     rng = np.random.default_rng(3)
-    refs = torch.tensor(person_embeddings(rng, 3), dtype=torch.float32)
-    auto = identity.make_person("p", refs, 0.0, 0.4, 0.4, "verification threshold")
-    assert auto.threshold == pytest.approx(min(1.0, 0.4 / auto.calibration.baseline))
-    assert "auto" in auto.threshold_note
-    manual = identity.make_person("p", refs, 0.85, 0.4, 0.4, "verification threshold")
+    cal = identity.calibrate(torch.tensor(person_embeddings(rng, 3), dtype=torch.float32), 0.4)
+    auto = identity.make_person("p", cal, 0.0, 0.4, "verification threshold")
+    assert auto.threshold == pytest.approx(min(1.0, 0.4 / cal.baseline))
+    assert auto.threshold_note.startswith("auto: verification threshold 0.400")
+    manual = identity.make_person("p", cal, 0.85, 0.4, "verification threshold")
     assert manual.threshold == 0.85 and manual.threshold_note == "set on the node"
     blank_cos = 0.3
-    subject = identity.make_person("s", refs, 0.0, 1.0,
-                                   lambda cal: identity.subject_line(blank_cos, cal.baseline), "halfway")
-    b = subject.calibration.baseline
-    assert subject.threshold == pytest.approx(min(1.0, (blank_cos + b) / 2 / b))  # halfway from blank to 1.0
+    subject = identity.make_person("s", cal, 0.0, identity.subject_line(blank_cos, cal.baseline), "halfway")
+    assert subject.threshold == pytest.approx(min(1.0, (blank_cos + cal.baseline) / 2 / cal.baseline))
+    capped = identity.make_person("p", dataclasses.replace(cal, baseline=0.3), 0.0, 0.4, "line")
+    assert capped.threshold == 1.0 and "capped at 1" in capped.threshold_note
 
 
 def test_references_of_different_people_have_no_baseline():
@@ -118,9 +119,10 @@ def test_empty_references_are_refused():
 
 def people_for(rng, n_people, d=128):
     centres = [rng.standard_normal(d) for _ in range(n_people)]
-    people = [identity.make_person(f"person {k + 1} (r{k})", torch.tensor(person_embeddings(rng, 4, d, 0.5, c),
-                                                                             dtype=torch.float32),
-                                   0.0, 0.4, identity.VERIFICATION_THRESHOLD, "line")
+    people = [identity.make_person(f"person {k + 1} (r{k})",
+                                   identity.calibrate(torch.tensor(person_embeddings(rng, 4, d, 0.5, c),
+                                                                   dtype=torch.float32), 0.4),
+                                   0.0, identity.VERIFICATION_THRESHOLD, "line")
               for k, c in enumerate(centres)]
     return centres, people
 

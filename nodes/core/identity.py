@@ -131,16 +131,13 @@ class Person:
         return f"{self.label[0].upper()}{self.label[1:]}: {base}; threshold {self.threshold:.3f} ({self.threshold_note})."
 
 
-def make_person(label: str, embeddings: torch.Tensor, threshold: float, single_baseline: float, line,
-                line_words: str) -> Person:
-    """`line` is a raw cosine, or a function of the calibration giving one; threshold AUTO (0) means auto."""
-    cal = calibrate(embeddings, single_baseline, label)
+def make_person(label: str, cal: Calibration, threshold: float, line: float, line_words: str) -> Person:
+    """`line` is the raw-cosine line between this person and anyone else; threshold AUTO (0) means auto."""
     if threshold != AUTO:
         return Person(label, cal, float(threshold), "set on the node")
-    raw_line = float(line(cal) if callable(line) else line)
-    auto = auto_threshold(cal.baseline, raw_line)
-    capped = " capped at 1: never more alike than the person's own photos" if auto < raw_line / cal.baseline else ""
-    return Person(label, cal, auto, f"auto: {line_words} {raw_line:.3f} / baseline {cal.baseline:.3f}{capped}")
+    auto = auto_threshold(cal.baseline, line)
+    capped = ", capped at 1: never more than the person's own photos" if auto < line / cal.baseline else ""
+    return Person(label, cal, auto, f"auto: {line_words} {line:.3f} ÷ baseline {cal.baseline:.3f}{capped}")
 
 
 # ------------------------------------------------------------------ one image
@@ -274,11 +271,12 @@ def describe_image(r: ImageResult, people: Sequence[Person], what: str = "face")
     if not r.faces:
         reason = r.note or "no face found"
         return f"{head} {reason[0].upper()}{reason[1:]}: it scores 0."
-    parts = [head]
-    if what == "face":
-        parts.append("1 face." if len(r.faces) == 1 else f"{len(r.faces)} faces (numbered from the left).")
+    if what != "face":
+        face = r.faces[0]
+        return f"{head} Cosine {face.cosines[0]:.3f}, {'reaches' if r.passed else 'below'} {people[0].threshold:.3f}."
+    parts = [head, "1 face." if len(r.faces) == 1 else f"{len(r.faces)} faces (numbered from the left)."]
     for i, face in enumerate(r.faces):
-        name = f"Face {i + 1}" + (f" ({face.position})" if face.position else "") if what == "face" else "The image"
+        name = f"Face {i + 1}" + (f" ({face.position})" if face.position else "")
         if face.person is None:
             closest = int(np.argmax(face.cosines))
             parts.append(f"{name}: not matched (more faces than people); closest to "

@@ -42,9 +42,10 @@ def face_people(face_model: FaceModel, inputs: Sequence[tuple[str, object]], thr
     people = []
     for k, (name, refs) in enumerate(inputs):
         identity.check_face_references(name, refs, face_model.pack, face_model.embedding_width)
-        people.append(identity.make_person(
-            f"person {k + 1} ({name})", refs.face.normed, threshold, identity.FACE_SINGLE_BASELINE,
-            identity.VERIFICATION_THRESHOLD, "verification threshold"))
+        label = f"person {k + 1} ({name})"
+        cal = identity.calibrate(refs.face.normed, identity.FACE_SINGLE_BASELINE, label)
+        people.append(identity.make_person(label, cal, threshold, identity.VERIFICATION_THRESHOLD,
+                                           "verification threshold"))
     return people
 
 
@@ -134,11 +135,11 @@ def score_subject(clip_vision, references: torch.Tensor, images: torch.Tensor, t
     refs = image_embeddings(clip_vision, references, bar=bar)
     blank = blank_embedding(clip_vision)
 
-    def line(cal):
-        return identity.subject_line(float(identity.cosines(blank[None], cal.centroid)[0]), cal.baseline)
-
-    person = identity.make_person("the subject (references)", refs, threshold, identity.SUBJECT_SINGLE_BASELINE,
-                                  line, "halfway between a blank image's cosine and the baseline,")
+    label = "the subject (references)"
+    cal = identity.calibrate(refs, identity.SUBJECT_SINGLE_BASELINE, label)
+    blank_cosine = float(identity.cosines(blank[None], cal.centroid)[0])
+    person = identity.make_person(label, cal, threshold, identity.subject_line(blank_cosine, cal.baseline),
+                                  f"(blank-image cosine {blank_cosine:.3f} + baseline) / 2 =")
     results = []
     for start in range(0, n, SUBJECT_CHUNK):
         vectors = image_embeddings(clip_vision, images[start:start + SUBJECT_CHUNK], bar=bar)
