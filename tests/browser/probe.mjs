@@ -75,6 +75,7 @@ try {
       const nodes = app.graph.nodes.map((n) => {
         const chart = n.widgets?.find((w) => w.name === "likeness_weight_chart")?.element;
         const info = n.widgets?.find((w) => w.name === "likeness_adapter_info")?.element;
+        const report = n.widgets?.find((w) => w.name === "likeness_report")?.element;
         return {
           id: n.id, type: n.type, hasErrors: !!n.has_errors,
           registered: !!window.LiteGraph.registered_node_types[n.type],
@@ -82,6 +83,8 @@ try {
             text: chart.textContent, shown: !!chart.isConnected && chart.getClientRects().length > 0 } : null,
           info: info ? { family: info.dataset.family ?? null, text: info.textContent,
             shown: !!info.isConnected && info.getClientRects().length > 0 } : null,
+          report: report ? { text: report.textContent,
+            shown: !!report.isConnected && report.getClientRects().length > 0 } : null,
         };
       });
       // The chart follows the widgets (checked on the RUN workflow): change weight_type and weight, then put them back.
