@@ -121,11 +121,12 @@ def test_score_is_the_documented_formula_on_face_analysis_embeddings(face_model,
 
 
 def test_scores_follow_the_likeness_and_best_is_the_closest(face_model, person_a):
-    batch = [one(fm.blend_pattern(fm.photo_pattern(0, 11), fm.photo_pattern(1, 11), 0.8)),  # 0: mostly someone else
-             one(fm.blend_pattern(fm.photo_pattern(0, 11), fm.photo_pattern(1, 11), 0.3)),  # 1: mostly this person
+    a, b = fm.photo_pattern(0, 11), fm.photo_pattern(1, 11)
+    batch = [one(fm.blend_pattern(a, b, 0.8)),  # 0: mostly someone else
+             one(fm.blend_pattern(a, b, 0.3)),  # 1: mostly this person
              nobody(),                          # 2: no face at all
-             one(fm.photo_pattern(0, 11)),      # 3: a new photo of this person
-             one(fm.photo_pattern(1, 11))]      # 4: someone else
+             one(a),                            # 3: a new photo of this person
+             one(b)]                            # 4: someone else
     verdict = host_check.score_faces(face_model, [("references", person_a)], fm.to_comfy(*batch), 0.0)
     s = verdict.scores
     assert s[3] > s[1] > s[0] > s[4] >= 0.0 and s[2] == 0.0
@@ -139,7 +140,8 @@ def test_scores_follow_the_likeness_and_best_is_the_closest(face_model, person_a
 
 
 def test_manual_threshold(face_model, person_a):
-    batch = fm.to_comfy(one(fm.photo_pattern(0, 11)), one(fm.blend_pattern(fm.photo_pattern(0, 11), fm.photo_pattern(1, 11), 0.3)))
+    mostly_a = fm.blend_pattern(fm.photo_pattern(0, 11), fm.photo_pattern(1, 11), 0.3)
+    batch = fm.to_comfy(one(fm.photo_pattern(0, 11)), one(mostly_a))
     auto = host_check.score_faces(face_model, [("references", person_a)], batch, 0.0)
     strict = host_check.score_faces(face_model, [("references", person_a)], batch, 1.0)
     assert auto.scores == strict.scores and auto.passed == [0, 1] and strict.passed == [0]
@@ -185,7 +187,8 @@ def test_two_people_are_assigned_and_a_face_seen_twice_is_a_swap(face_model, per
 
 
 def test_a_face_of_both_people_is_a_blend(face_model, person_a, person_b):
-    mixed = fm.person_face(faces=((160, 224, fm.blend_pattern(fm.photo_pattern(0, 30), fm.photo_pattern(1, 31), 0.5)), (480, 224, fm.photo_pattern(1, 30))))
+    both = fm.blend_pattern(fm.photo_pattern(0, 30), fm.photo_pattern(1, 31), 0.5)
+    mixed = fm.person_face(faces=((160, 224, both), (480, 224, fm.photo_pattern(1, 30))))
     verdict = host_check.score_faces(face_model, [("references", person_a), ("references_2", person_b)],
                                      fm.to_comfy(mixed), 0.5)
     face = verdict.images[0].faces[0]
@@ -302,8 +305,8 @@ def gate_prompt(outputs, threshold=0.0, refs=("a0.png", "a1.png", "a2.png")):
         "face_model": ["fm", 0], "references": ["embed", 0], "images": batch_of(prompt, "o", outputs),
         "threshold": threshold}}
     # passed -> scaled -> saved: the block must reach past the first node it meets
-    prompt["scale"] = {"class_type": "ImageScaleBy", "inputs": {"image": ["score", 2], "upscale_method": "nearest-exact",
-                                                                 "scale_by": 0.5}}
+    prompt["scale"] = {"class_type": "ImageScaleBy", "inputs": {
+        "image": ["score", 2], "upscale_method": "nearest-exact", "scale_by": 0.5}}
     prompt["save"] = {"class_type": "SaveImage", "inputs": {"images": ["scale", 0], "filename_prefix": "gate/passed"}}
     prompt["best"] = {"class_type": "SaveImage", "inputs": {"images": ["score", 1], "filename_prefix": "gate/best"}}
     return prompt
@@ -321,7 +324,8 @@ def test_the_gate_saves_only_the_images_that_pass(inputs_dir):
     assert result.success, result.execution_error()
     outputs = result.executor.history_result["outputs"]
     assert len(outputs["save"]["images"]) == 1 and len(outputs["best"]["images"]) == 1
-    saved = Image.open(os.path.join(folder_paths.get_output_directory(), "gate", outputs["save"]["images"][0]["filename"]))
+    name = outputs["save"]["images"][0]["filename"]
+    saved = Image.open(os.path.join(folder_paths.get_output_directory(), "gate", name))
     assert saved.size == (320, 240)
     text = ui_text(result, "score")
     assert "Passed: 1 of 3 (image 1)." in text and "Best: image 1" in text

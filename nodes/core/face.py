@@ -63,13 +63,15 @@ def to_bgr_uint8(image: torch.Tensor, index: int = 0, what: str = "reference ima
     if h < MIN_SIDE or w < MIN_SIDE:
         raise InputError(f"{what} {index} is {w}x{h} pixels; face detection needs at least "
                          f"{MIN_SIDE}x{MIN_SIDE} (and a face at least about 40 pixels across). Use a larger image.")
-    x = image.detach().float().cpu()
-    x = torch.nan_to_num(x, nan=0.0).clamp(0.0, 1.0)
-    if c == 1:
-        x = x.expand(h, w, 3)
-    x = x[..., :3]
-    rgb = torch.round(x * 255.0).to(torch.uint8).numpy()
-    return np.ascontiguousarray(rgb[..., ::-1])
+    x = image.detach().cpu().float().numpy()
+    bgr = x[..., [0, 0, 0]] if c == 1 else x[..., 2::-1]
+    # One new buffer, changed in place: numpy's single-threaded passes beat torch's on a busy CPU (4-8x on two
+    # cores), and scoring a batch converts every image. Same float32 product and round-half-to-even as before.
+    y = np.multiply(bgr, np.float32(255.0), dtype=np.float32, order="C")
+    np.nan_to_num(y, copy=False, nan=0.0)
+    np.clip(y, 0.0, 255.0, out=y)
+    np.rint(y, out=y)
+    return y.astype(np.uint8)
 
 
 def crops_to_image(crops: Sequence[np.ndarray]) -> torch.Tensor:

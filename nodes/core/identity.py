@@ -128,7 +128,8 @@ class Person:
             listed = ", ".join(f"{v:.3f}" for v in cal.leave_one_out)
             base = (f"{cal.count} references, baseline {cal.baseline:.3f} (each reference's cosine to the mean of "
                     f"the others: {listed})")
-        return f"{self.label[0].upper()}{self.label[1:]}: {base}; threshold {self.threshold:.3f} ({self.threshold_note})."
+        name = self.label[0].upper() + self.label[1:]
+        return f"{name}: {base}; threshold {self.threshold:.3f} ({self.threshold_note})."
 
 
 def make_person(label: str, cal: Calibration, threshold: float, line: float, line_words: str) -> Person:

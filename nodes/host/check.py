@@ -78,8 +78,8 @@ def score_faces(face_model: FaceModel, inputs: Sequence[tuple[str, object]], ima
         results.append(identity.judge(i, vectors, people, positions, note))
         bar.update(1)
     header = (f"Identity Score with {face_model.pack}: {n} image{'s' if n != 1 else ''}, {len(people)} "
-              f"{'people' if len(people) != 1 else 'person'}. Score = cosine to the mean of the references ÷ baseline; "
-              "1.0 is as alike as the person's own photos.")
+              f"{'people' if len(people) != 1 else 'person'}. Score = cosine to the mean of the references ÷ "
+              "baseline; 1.0 is as alike as the person's own photos.")
     notes = []
     if any(p.calibration.fixed for p in people):
         notes.append(f"With one reference the baseline is {identity.VERIFICATION_SOURCE}: a score of 1.0 means the "
