@@ -12,7 +12,6 @@ Usage: python benchmarks/bench_identity.py [rounds] [batch]
 """
 
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -20,8 +19,8 @@ import time
 
 import face_arch
 import psutil
-from bench_face import PARTS, PHOTO, Stopwatch, split
-from common import interleaved, machine, pack
+from bench_face import PHOTO, time_parts
+from common import machine, pack
 from face_models import face_image, to_comfy
 
 import folder_paths  # noqa: E402  (common puts ComfyUI on the path)
@@ -73,27 +72,7 @@ def main(rounds: int = 5, batch: int = 8):
 
     images = {"1 image": to_comfy(*photos(1, PHOTO, seed=100)), f"{batch} images": to_comfy(*photos(batch, PHOTO, 100))}
     score(images["1 image"])  # makes insightface's 640x640 detector session
-    watch = Stopwatch()
-    watch.wrap(model.detector, "detect", "detect")
-    for session in {id(s): s for s in model.detector.resolution_sessions.values()}.values():
-        watch.wrap(session, "run", "detector network")
-    watch.wrap(model.recogniser, "get_feat", "get_feat")
-    watch.wrap(model.recogniser.session, "run", "recogniser network")
-    splits = {name: [] for name in images}
-
-    def run(name):
-        watch.take()
-        t0 = time.perf_counter()
-        score(images[name])
-        splits[name].append(split(time.perf_counter() - t0, watch.take(), images[name].shape[0]))
-
-    results = interleaved({name: (lambda n=name: run(n)) for name in images}, rounds, warmup=1)
-    print(f"\nseconds per image (median of {rounds} rounds; parts are medians of their own)")
-    print(f"  {'':<10} {'total':>8} " + " ".join(f"{p:>19}" for p in PARTS))
-    for name, r in results.items():
-        parts = {p: statistics.median(s[p] for s in splits[name][1:]) for p in PARTS}  # [0] is the warm-up
-        total = r["median_s"] / images[name].shape[0]
-        print(f"  {name:<10} {total:8.3f} " + " ".join(f"{parts[p]:10.4f} ({parts[p] / total:5.1%})" for p in PARTS))
+    time_parts(model, images, score, rounds, "image")
 
     print(f"\nmemory growth while scoring ({MEMORY_PHOTO} px images; the batch is made before)")
     del images

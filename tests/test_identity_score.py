@@ -20,6 +20,7 @@ from PIL import Image
 import face_models as fm
 import folder_paths
 from conftest import pack, run_prompt
+from test_faceid_end_to_end import ui_text
 
 insightface = pytest.importorskip("insightface")
 from insightface.app import FaceAnalysis  # noqa: E402
@@ -310,13 +311,6 @@ def gate_prompt(outputs, threshold=0.0, refs=("a0.png", "a1.png", "a2.png")):
     prompt["save"] = {"class_type": "SaveImage", "inputs": {"images": ["scale", 0], "filename_prefix": "gate/passed"}}
     prompt["best"] = {"class_type": "SaveImage", "inputs": {"images": ["score", 1], "filename_prefix": "gate/best"}}
     return prompt
-
-
-def ui_text(result, node_id):
-    for event, data in result.server.messages:
-        if event == "executed" and data.get("node") == node_id:
-            return " ".join(data["output"].get("text", []))
-    return ""
 
 
 def test_the_gate_saves_only_the_images_that_pass(inputs_dir):
