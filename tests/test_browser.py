@@ -194,7 +194,7 @@ def test_workflows_load_and_run_in_the_browser(server, vue):
                 assert node["info"] and node["info"]["family"] and "needs" in node["info"]["text"], f"{where}: {node}"
             if node["type"] in ("LikenessIdentityScore", "LikenessSubjectScore"):
                 assert node["report"] and "report appears here" in node["report"]["text"], f"{where}: {node}"
-                assert node["report"]["shown"] or not panels_render, f"{where}: the report is not visible on {node}"
+                assert result["reportShown"] or not panels_render, f"{where}: the report panel is not visible"
     assert report["workflows"][RUN]["follows"], "the chart-follows-widgets check did not run"
     run = report["run"]
     assert run["status"] == "success", f"{report['mode']}: queued {RUN}: {run}"

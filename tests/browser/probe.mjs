@@ -101,9 +101,19 @@ try {
         [w("weight_type").value, w("weight").value] = before;
         await new Promise((r) => setTimeout(r, 1000));
       }
+      // The identity checks sit at the end of their graphs, off screen: bring one into view to see its report.
+      let reportShown = null;
+      const checkNode = app.graph.nodes.find((n) => n.widgets?.some((w) => w.name === "likeness_report"));
+      if (checkNode) {
+        app.canvas.centerOnNode(checkNode);
+        app.canvas.setDirty(true, true);
+        await new Promise((r) => setTimeout(r, 800));
+        const panel = checkNode.widgets.find((w) => w.name === "likeness_report").element;
+        reportShown = !!panel.isConnected && panel.getClientRects().length > 0;
+      }
       const dialogs = [...document.querySelectorAll("[role=dialog]")].map((d) => d.innerText.slice(0, 300));
       const prompt = (await app.graphToPrompt()).output;
-      return { nodes, dialogs, prompt, saved: app.graph.serialize(), follows };
+      return { nodes, dialogs, prompt, saved: app.graph.serialize(), follows, reportShown };
     }, { module: MODULE, name, vue: VUE, check: name === RUN });
     result.errors = errors.splice(0);
     report.workflows[name] = result;
