@@ -10,6 +10,9 @@ routes.register()  # /likeness/* routes for web/js/likeness.js, when a server ru
 from .apply import LikenessApply, LikenessApplySimple  # noqa: E402
 from .check.identity_score import LikenessIdentityScore  # noqa: E402
 from .check.subject_score import LikenessSubjectScore  # noqa: E402
+from .edit.qwen_encode import LikenessQwenEditEncode  # noqa: E402
+from .edit.reference_latents import LikenessReferenceLatents  # noqa: E402
+from .edit.reference_pack import LikenessReferencePack  # noqa: E402
 from .encode import LikenessImageEncode  # noqa: E402
 from .face import LikenessFaceEmbed, LikenessFaceModelLoader  # noqa: E402
 from .loaders import LikenessAdapterLoader  # noqa: E402
@@ -21,7 +24,9 @@ from .unified import LikenessModelDoctor, LikenessUnifiedLoader  # noqa: E402
 NODES = [
     LikenessAdapterLoader, LikenessUnifiedLoader, LikenessModelDoctor, LikenessImageEncode, LikenessProject,
     LikenessApply, LikenessApplySimple, LikenessFaceModelLoader, LikenessFaceEmbed, LikenessMergeReferences,
-    LikenessSaveReferences, LikenessLoadReferences, LikenessIdentityScore, LikenessSubjectScore,
+    LikenessSaveReferences, LikenessLoadReferences,
+    LikenessReferencePack, LikenessReferenceLatents, LikenessQwenEditEncode,
+    LikenessIdentityScore, LikenessSubjectScore,
 ]
 
 
