@@ -112,13 +112,15 @@ def test_a_replace_with_no_head_count_anywhere_says_what_to_do():
 
 # ------------------------------------------------------------------ device copies made when the patches move
 
-def kv_like_tensors(tokens: int, widths: set[int]) -> int:
-    """Live tensors shaped like image keys/values of any site: [rows, tokens, width]."""
+def kv_like_storages(tokens: int, widths: set[int]) -> int:
+    """Memory blocks behind live tensors shaped like image keys/values of any site ([rows, tokens, width]):
+    a new copy adds one, a view of a copy does not."""
     gc.collect()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         found = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
-    return sum(1 for t in found if t.ndim == 3 and t.shape[1] == tokens and t.shape[2] in widths)
+    return len({t.untyped_storage().data_ptr() for t in found
+                if t.ndim == 3 and t.shape[1] == tokens and t.shape[2] in widths})
 
 
 def test_sampling_after_the_patches_moved_allocates_no_image_keys_or_values(sd15, adapter, monkeypatch):
@@ -148,10 +150,10 @@ def test_sampling_after_the_patches_moved_allocates_no_image_keys_or_values(sd15
     assert made == [True]
     held = [id(t) for t in prompt.copies.get(CPU, torch.float32).tensors()]
     widths = {s.width for s in sites_mod.find_sites(sd15)}
-    before = kv_like_tensors(tokens.tokens_per_reference, widths)
+    before = kv_like_storages(tokens.tokens_per_reference, widths)
     sample(patched, steps=3)  # the real sampler: loads (moving the patches again), then 3 forwards of 16 sites
     assert made == [True]  # nothing placed during the forwards, nor by the second move
-    assert kv_like_tensors(tokens.tokens_per_reference, widths) == before
+    assert kv_like_storages(tokens.tokens_per_reference, widths) == before
     placed = prompt.copies.get(CPU, torch.float32)
     assert [id(t) for t in placed.tensors()] == held and not placed.derived
 
@@ -306,3 +308,20 @@ def test_two_prompts_on_different_models_share_nothing_mutable(tmp_path, adapter
     held2 = {t.untyped_storage().data_ptr() for c in p2.copies._copies.values() for t in c.tensors()}
     assert held1.isdisjoint(held2)
     assert torch.equal(sample(first), out1)  # and running the first again gives what it gave
+
+
+def test_a_mask_follows_the_grid_when_two_latent_shapes_have_the_same_token_count(sd15, adapter):
+    mask = torch.zeros(1, 16, 16)
+    mask[:, :, :6] = 1  # left part only: a 4x6 and a 6x4 grid see it differently
+    site = sites_mod.find_sites(sd15)[0]
+
+    def call(model, grid):
+        q, k, v, extra = site_inputs(site.width, heads=site.heads)
+        return replaces_of(model)[site.key](q, k, v, dict(extra, activations_shape=[2, site.width, *grid]))
+
+    patched = apply_node.apply_tokens(sd15, adapter, tokens_for(adapter), 1.0, attn_mask=mask)
+    wide = call(patched, (4, 6))
+    tall = call(patched, (6, 4))  # same 24 tokens, another grid: after the first call has been cached
+    fresh = apply_node.apply_tokens(sd15, adapter, tokens_for(adapter), 1.0, attn_mask=mask)
+    torch.testing.assert_close(tall, call(fresh, (6, 4)), rtol=0, atol=0)
+    assert not torch.equal(tall, wide)

@@ -15,6 +15,7 @@ objects that point at it are light; each clone gets its own, which tracks where 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -123,7 +124,7 @@ GROUPED_MAX_SCORES = 1 << 24
 
 def fold(q: torch.Tensor, groups: int) -> torch.Tensor:
     """[b, n, width] queries as [groups, b / groups * n, width] (a view: rows of one group are consecutive)."""
-    return q.reshape(groups, -1, q.shape[-1])
+    return q if q.shape[0] == groups else q.reshape(groups, -1, q.shape[-1])
 
 
 def grouped_image_attention(q: torch.Tensor, parts: Sequence[ImageKV], heads: int) -> torch.Tensor:
@@ -155,12 +156,6 @@ def _masked(term: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return term if mask is None else term * mask
 
 
-def image_term(q: torch.Tensor, part: ImageKV, heads: int) -> torch.Tensor:
-    """One adapter's masked image attention for [b, n, width] queries, as [b, n, width]."""
-    k, v, mask = part
-    return _masked(image_attention(fold(q, k.shape[0]), k, v, heads), mask).view(q.shape)
-
-
 def image_attention_sum(q: torch.Tensor, parts: Sequence[ImageKV], heads: int) -> torch.Tensor:
     """The summed image term of several adapters at one site, [b, n, width]: grouped passes where they pay,
     else one attention call per adapter. Sums in place where no autograd graph is recorded."""
@@ -182,7 +177,7 @@ def image_attention_sum(q: torch.Tensor, parts: Sequence[ImageKV], heads: int) -
                 total = total + term
             else:
                 total.add_(term)
-    return total.view(q.shape)
+    return total if total.shape == q.shape else total.view(q.shape)
 
 
 def chunk_slice(chunks: tuple) -> tuple[int, int] | None:
@@ -207,8 +202,10 @@ class PlacedPrompt:
                    for key, kv in site_kv.items()}
         self.mask = None if mask is None else mask.to(device)  # float32: resized per grid, then cast
         self.derived: dict = {}
+        self.layouts: dict = {}  # (site, chunks, batch, tokens, grid) -> ImageKV: views and derived tensors
 
     def tensors(self) -> list[torch.Tensor]:
+        """Every tensor made for this copy (views of the placed stacks are not new tensors and not listed)."""
         held = [t for pair in self.kv.values() for t in pair] + ([self.mask] if self.mask is not None else [])
         return held + [t for value in self.derived.values() for t in value if t is not None]
 
@@ -217,6 +214,26 @@ class PlacedPrompt:
             self.derived = {}
         self.derived[key] = value
         return value
+
+    def layout(self, key: SiteKey, chunks: tuple, batch: int, tokens: int, extra: Mapping, pause) -> ImageKV:
+        """K, V and mask for one site call (see ImageKV). The first call of a run with this batch layout builds
+        them (views of the placed stacks; the mask on this site's grid); later steps only look them up."""
+        # A mask depends on the site's grid, which two latent shapes with the same token count do not share.
+        grid = None if self.mask is None else token_grid(tokens, extra.get("activations_shape"),
+                                                          extra.get("original_shape"))
+        hit = self.layouts.get((key, chunks, batch, tokens, grid))
+        if hit is None:
+            rows = tuple(1 if c == 1 else 0 for c in chunks)
+            if batch % len(rows):
+                raise InputError(f"a batch of {batch} rows cannot be split into the {len(rows)} cond/uncond "
+                                 "chunks.")
+            k, v = self.for_chunks(key, rows, pause)
+            mask = None if self.mask is None else self.mask_for(key, batch // len(rows), tokens, extra, pause)
+            hit = (k, v, mask)
+            if len(self.layouts) >= self.DERIVED_LIMIT:
+                self.layouts = {}
+            self.layouts[(key, chunks, batch, tokens, grid)] = hit
+        return hit
 
     def for_chunks(self, key: SiteKey, chunks: tuple, pause) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V for the chunks of a batch, [len(chunks), tokens, width]: views of the placed stack."""
@@ -257,7 +274,9 @@ class ImagePrompt:
         self.sigma_start, self.sigma_end = float(sigma_start), float(sigma_end)
         self.mask = None if mask is None else mask.detach().float().cpu()
         self.label = label
-        self.copies = DeviceCopies(lambda device, dtype: PlacedPrompt(self.site_kv, self.mask, device, dtype))
+        # The factory holds the tensors, not the prompt: no reference cycle, so a dropped prompt frees its GPU
+        # copies at once rather than at the next garbage collection.
+        self.copies = DeviceCopies(functools.partial(PlacedPrompt, self.site_kv, self.mask))
         self._window: tuple | None = None  # (sigmas tensor, active?)
 
     def __deepcopy__(self, memo):
@@ -292,13 +311,7 @@ class ImagePrompt:
         if placed is None:  # the host did not move the patches before sampling (or computes in another dtype)
             with pause():
                 placed = self.place(q.device, q.dtype)
-        chunks = tuple(1 if c == 1 else 0 for c in (extra.get("cond_or_uncond") or (0,)))
-        batch, tokens = q.shape[0], q.shape[1]
-        if batch % len(chunks):
-            raise InputError(f"a batch of {batch} rows cannot be split into the {len(chunks)} cond/uncond chunks.")
-        k, v = placed.for_chunks(key, chunks, pause)
-        mask = None if self.mask is None else placed.mask_for(key, batch // len(chunks), tokens, extra, pause)
-        return k, v, mask
+        return placed.layout(key, tuple(extra.get("cond_or_uncond") or (0,)), q.shape[0], q.shape[1], extra, pause)
 
 
 def _extra_options(extra, kwargs: Mapping) -> Mapping:
@@ -334,7 +347,7 @@ class DecoupledCrossAttention(MovesWithModel):
     def holders(self):
         return self.prompts
 
-    def heads_for(self, q: torch.Tensor, extra: Mapping) -> int:
+    def heads_for(self, extra: Mapping) -> int:
         heads = extra.get("n_heads") or self.heads
         if not heads:
             raise InputError(f"the cross-attention at {self.key} got no head count from ComfyUI and none was "
@@ -343,7 +356,7 @@ class DecoupledCrossAttention(MovesWithModel):
 
     def __call__(self, q, k, v, extra=None, *args, **kwargs):
         extra = _extra_options(extra, kwargs)
-        heads = self.heads_for(q, extra)
+        heads = self.heads_for(extra)
         if "n_heads" not in extra:  # a base replace from another pack may read it
             extra = {**extra, "n_heads": heads}
         if self.base is not None:
