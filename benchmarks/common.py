@@ -89,7 +89,7 @@ def start_dynamic_vram() -> str:
     return "on"
 
 
-DYNAMIC_STATE = start_dynamic_vram() if DYNAMIC_VRAM == "on" else (DYNAMIC_VRAM or "default")
+DYNAMIC_STATE = start_dynamic_vram() if DYNAMIC_VRAM == "on" else (DYNAMIC_VRAM or "not requested")
 
 
 def pack(module: str):
