@@ -215,17 +215,26 @@ def test_sampling_a_batch_of_four_latents_with_per_frame_weights(models_dir):
     assert not torch.allclose(got[0], CAPTURED["none"][0], **tol)
 
 
-def test_frame_prompts_keep_their_own_device_copies(tmp_path, sd15):
-    """Placed once per device and dtype (by the host's move, or on first use), dropped when the model leaves."""
+def test_frame_prompts_follow_the_hosts_moves(tmp_path, sd15):
+    """Placed once per device and dtype when the host moves the patches (or on first use), dropped on release."""
     adapter = make_adapter(tmp_path, seed=12)
     patched = apply_node.apply_tokens(sd15, adapter, refs_tokens(adapter, 2), [1.0, 0.5], unfold_batch=True)
     site = sites_mod.find_sites(sd15)[0]
-    prompt = patched.model_options["transformer_options"]["patches_replace"]["attn2"][site.key].prompts[0]
-    assert isinstance(prompt, unfold.FramePrompt) and prompt.placed_device is None
-    placed = prompt.place("cpu", torch.float16)
-    assert placed[site.key].k_cond.dtype == torch.float16 and prompt.place("cpu", torch.float16) is placed
+    replace = patched.model_options["transformer_options"]["patches_replace"]["attn2"][site.key]
+    prompt = replace.prompts[0]
+    assert isinstance(prompt, unfold.FramePrompt) and not prompt.copies.placed()
+    replace.to(torch.device("cpu"))
+    replace.to(torch.float16)
+    assert [dtype for _, dtype in prompt.copies.placed()] == [torch.float16]
+    placed = prompt.copies.get(torch.device("cpu"), torch.float16)
+    assert placed.kv[site.key].k_cond.dtype == torch.float16 and placed.kv[site.key].k_cond.shape[0] == 2
     q = torch.randn(2, 24, site.width, dtype=torch.float16)
     k, v, mask = prompt.keys_values(site.key, q, site_extra(site.width, 1))
-    assert k.shape == (2, 4 * 1, site.width) and k.dtype == torch.float16 and mask is None
+    assert k.shape == (2, 4, site.width) and k.dtype == torch.float16 and mask is None
+    # Later steps look the layout up: the same tensors, nothing made per step.
+    again = prompt.keys_values(site.key, q, {**site_extra(site.width, 1), "sigmas": torch.tensor([4.0])})
+    assert again[0] is k and again[1] is v
+    other_window = prompt.keys_values(site.key, q, site_extra(site.width, 1, ad_params={"sub_idxs": [1]}))
+    assert other_window[0] is not k and not torch.equal(other_window[1], v)
     prompt.release(torch.device("cpu"))
-    assert prompt.placed_device is None
+    assert not prompt.copies.placed()
