@@ -48,7 +48,7 @@ def apply_tokens(model, adapter, tokens, weight, weight_type="linear", start_at=
                                 base_model=base_model(model, sites) if sites else None,
                                 text_projection=projection, weight_kolors=weight_kolors,
                                 unfold_batch=unfold_batch)
-    return apply_faceid_lora(install(model, prompt), adapter, faceid_lora_strength)
+    return apply_faceid_lora(install(model, prompt, sites), adapter, faceid_lora_strength)
 
 
 class LikenessApply(LikenessNode):

@@ -215,17 +215,65 @@ def test_sampling_a_batch_of_four_latents_with_per_frame_weights(models_dir):
     assert not torch.allclose(got[0], CAPTURED["none"][0], **tol)
 
 
-def test_frame_prompts_keep_their_own_device_copies(tmp_path, sd15):
-    """Placed once per device and dtype (by the host's move, or on first use), dropped when the model leaves."""
+def test_frame_prompts_follow_the_hosts_moves(tmp_path, sd15):
+    """Placed once per device and dtype when the host moves the patches (or on first use), dropped on release."""
     adapter = make_adapter(tmp_path, seed=12)
     patched = apply_node.apply_tokens(sd15, adapter, refs_tokens(adapter, 2), [1.0, 0.5], unfold_batch=True)
     site = sites_mod.find_sites(sd15)[0]
-    prompt = patched.model_options["transformer_options"]["patches_replace"]["attn2"][site.key].prompts[0]
-    assert isinstance(prompt, unfold.FramePrompt) and prompt.placed_device is None
-    placed = prompt.place("cpu", torch.float16)
-    assert placed[site.key].k_cond.dtype == torch.float16 and prompt.place("cpu", torch.float16) is placed
+    replace = patched.model_options["transformer_options"]["patches_replace"]["attn2"][site.key]
+    prompt = replace.prompts[0]
+    assert isinstance(prompt, unfold.FramePrompt) and not prompt.copies.placed()
+    replace.to(torch.device("cpu"))
+    replace.to(torch.float16)
+    assert [dtype for _, dtype in prompt.copies.placed()] == [torch.float16]
+    placed = prompt.copies.get(torch.device("cpu"), torch.float16)
+    assert placed.kv[site.key].k_cond.dtype == torch.float16 and placed.kv[site.key].k_cond.shape[0] == 2
     q = torch.randn(2, 24, site.width, dtype=torch.float16)
     k, v, mask = prompt.keys_values(site.key, q, site_extra(site.width, 1))
-    assert k.shape == (2, 4 * 1, site.width) and k.dtype == torch.float16 and mask is None
+    assert k.shape == (2, 4, site.width) and k.dtype == torch.float16 and mask is None
+    # Later steps look the layout up: the same tensors, nothing made per step.
+    again = prompt.keys_values(site.key, q, {**site_extra(site.width, 1), "sigmas": torch.tensor([4.0])})
+    assert again[0] is k and again[1] is v
+    other_window = prompt.keys_values(site.key, q, site_extra(site.width, 1, ad_params={"sub_idxs": [1]}))
+    assert other_window[0] is not k and not torch.equal(other_window[1], v)
     prompt.release(torch.device("cpu"))
-    assert prompt.placed_device is None
+    assert not prompt.copies.placed()
+
+
+@pytest.mark.parametrize("unfold_batch", [False, True])
+def test_precise_types_swap_the_sides_in_the_site_call(tmp_path, sd15, unfold_batch):
+    """At a site a precise type swaps, the cond rows attend to zero tokens (their image term is exactly 0) and the
+    uncond rows attend to the reference's cond tokens at the site weight; unswapped sites act as usual. With
+    per-frame weights and unfold, each frame's site weight is the precise formula at that frame's weight."""
+    schedules = pack("nodes.core.schedules")
+    adapter = make_adapter(tmp_path, layout="resampler", seed=13)
+    tokens = refs_tokens(adapter, 2, seed=5)
+    weights = [0.6, 1.3] if unfold_batch else 0.6
+    patched = apply_node.apply_tokens(sd15, adapter, tokens, weights, weight_type="style transfer precise",
+                                      style_boost=1.7, unfold_batch=unfold_batch)
+    sites = sites_mod.find_sites(sd15)
+    plans = [schedules.site_plan(sites, w, "style transfer precise", schedules.Boosts(style_boost=1.7))
+             for w in (weights if unfold_batch else [weights])]
+    swapped = [s for s in sites if s.key in plans[0].swapped]
+    plain = [s for s in sites if s.key not in plans[0].swapped and plans[0].weights[s.key]]
+    assert swapped and plain
+    if not unfold_batch:  # every latent sees both references, one after the other
+        tokens = references.ImageTokens(tokens.adapter_name, tokens.context_width, 16,
+                                        tokens.cond.reshape(1, 16, -1), tokens.uncond.reshape(1, 16, -1))
+    per = 2
+    for site in (swapped[0], plain[0]):
+        q = torch.randn(2 * per, 24, site.width, generator=torch.Generator().manual_seed(6))
+        ctx = q[:, :7]
+        extra = site_extra(site.width, per)  # chunks (uncond, cond)
+        out = site_call(patched, site.key, q, ctx, ctx, extra)
+        text = text_only(site, q, ctx, ctx, extra)
+        site_weights = [plan.weights[site.key] for plan in plans]
+        if site.key in plans[0].swapped:
+            torch.testing.assert_close(out[per:], text[per:], atol=1e-6, rtol=0)  # cond: nothing added
+            as_cond = references.ImageTokens(tokens.adapter_name, tokens.context_width, tokens.tokens_per_reference,
+                                             tokens.cond, tokens.cond)  # uncond rows attend to the cond tokens
+            expected = expected_rows(adapter, site, as_cond, q, text, (1, 0), [0, 1], site_weights)
+            torch.testing.assert_close(out[:per], expected[:per], atol=1e-5, rtol=1e-5)
+        else:
+            expected = expected_rows(adapter, site, tokens, q, text, (1, 0), [0, 1], site_weights)
+            torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)

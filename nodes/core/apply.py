@@ -131,7 +131,7 @@ def build_image_prompt(adapter: Adapter, tokens: ImageTokens, sites: Sequence[Si
         site_kv[site.key] = swap_sides(kv) if site.key in plans[0].swapped else kv
         if per_frame:
             frame_weights[site.key] = torch.tensor(weights, dtype=torch.float32)
-    if not (unfold_batch or per_frame or (mask is not None and mask.shape[0] > 1)):
+    if not (unfold_batch or per_frame):
         flat = {key: SiteKV(*(t[0] for t in (kv.k_cond, kv.v_cond, kv.k_uncond, kv.v_uncond)))
                 for key, kv in site_kv.items()}
         return ImagePrompt(flat, sigma_start, sigma_end, mask, label=adapter.name)

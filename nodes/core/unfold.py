@@ -9,30 +9,26 @@ AnimateDiff-Evolved's `ad_params["sub_idxs"]` or ComfyUI's own `context_window.i
 
 from __future__ import annotations
 
-import threading
+import functools
 from typing import Mapping, Sequence
 
 import torch
 
-from .attention import ImagePrompt, SiteKey, SiteKV, resize_mask, scale_keys_values, token_grid
+from .attention import (ImageKV, ImagePrompt, SiteKey, SiteKV, resize_mask, scale_keys_values, token_grid,
+                        window_frames)
 from .errors import InputError
+from .placement import DeviceCopies, no_pause
 
 
 def latent_indices(extra: Mapping, per: int) -> list[int]:
     """Which latents of the full batch the `per` rows of each chunk are: a context window's frames, else 0..per-1."""
-    ad = extra.get("ad_params")
-    sub = ad.get("sub_idxs") if isinstance(ad, Mapping) else None
-    if sub is None:
-        window = extra.get("context_window")
-        if window is not None and getattr(window, "dim", 0) == 0:
-            sub = getattr(window, "index_list", None)
-    if sub is None:
+    frames = window_frames(extra)
+    if frames is None:
         return list(range(per))
-    sub = [int(i) for i in sub]
-    if len(sub) != per:
-        raise InputError(f"the context window lists {len(sub)} frames, but the cross-attention got {per} latents "
+    if len(frames) != per:
+        raise InputError(f"the context window lists {len(frames)} frames, but the cross-attention got {per} latents "
                          "per cond/uncond chunk.")
-    return sub
+    return list(frames)
 
 
 def chunk_rows(extra: Mapping, batch: int) -> tuple[tuple[int, ...], int]:
@@ -43,71 +39,53 @@ def chunk_rows(extra: Mapping, batch: int) -> tuple[tuple[int, ...], int]:
     return chunks, batch // len(chunks)
 
 
-def mask_rows(mask: torch.Tensor, tokens: int, extra: Mapping, chunks: Sequence[int], per: int, device,
-              dtype) -> torch.Tensor:
-    """[b, tokens, 1]: latent f uses mask min(f, M - 1) on this site's grid, for every chunk."""
-    h, w = token_grid(tokens, extra.get("activations_shape"), extra.get("original_shape"))
-    site_mask = resize_mask(mask, h, w, tokens).to(device, dtype)
-    rows = torch.tensor(latent_indices(extra, per), device=site_mask.device).clamp(max=site_mask.shape[0] - 1)
-    return site_mask[rows].repeat(len(chunks), 1, 1)
+class PlacedFrames:
+    """A FramePrompt's K/V per reference, frame weights and mask on one device in one dtype, made before sampling;
+    and the row-by-row layouts sampling derives from them, once per run and call layout (not per step)."""
 
+    LAYOUT_LIMIT = 1024  # site calls remembered; a long animation's windows stay well below it
 
-class FramePrompt(ImagePrompt):
-    """An ImagePrompt whose keys and values differ by latent: K/V per reference ([R, tokens, width] for each side;
-    R = 1 when every latent sees all references), and optionally per-frame site weights, applied per row when
-    the call runs (K/V are then stored unweighted; a plain weight is folded in when the prompt is built).
+    def __init__(self, site_kv: Mapping[SiteKey, SiteKV], frame_weights: Mapping[SiteKey, torch.Tensor] | None,
+                 mask: torch.Tensor | None, scaling: str, device, dtype):
+        self.device, self.dtype, self.scaling = device, dtype, scaling
+        self.kv = {key: SiteKV(*(t.to(device=device, dtype=dtype)
+                                 for t in (kv.k_cond, kv.v_cond, kv.k_uncond, kv.v_uncond)))
+                   for key, kv in site_kv.items()}
+        self.weights = None if frame_weights is None else {key: w.to(device=device, dtype=dtype)
+                                                           for key, w in frame_weights.items()}
+        self.mask = None if mask is None else mask.to(device)  # float32: resized per grid, then cast
+        self.layouts: dict = {}  # (site, chunks, per, tokens, grid, frames) -> ImageKV
 
-    It keeps its own device copies (`place` / `release`, called when the host moves the model's patches; made on
-    first use otherwise) and answers `keys_values` with K/V laid out row by row along the queries' batch."""
+    def tensors(self) -> list[torch.Tensor]:
+        held = [t for kv in self.kv.values() for t in (kv.k_cond, kv.v_cond, kv.k_uncond, kv.v_uncond)]
+        held += list((self.weights or {}).values()) + ([self.mask] if self.mask is not None else [])
+        return held + [t for value in self.layouts.values() for t in value if t is not None]
 
-    def __init__(self, site_kv: Mapping[SiteKey, SiteKV], sigma_start: float, sigma_end: float,
-                 mask: torch.Tensor | None = None, label: str = "",
-                 frame_weights: Mapping[SiteKey, torch.Tensor] | None = None, scaling: str = "V only"):
-        super().__init__(site_kv, sigma_start, sigma_end, mask, label)
-        self.frame_weights = None if frame_weights is None else {k: w.float().cpu() for k, w in frame_weights.items()}
-        self.scaling = scaling
-        self._rows_lock = threading.Lock()
-        self._row_copies: dict = {}  # (device, dtype) -> {site key: SiteKV}
-
-    def place(self, device, dtype) -> dict:
-        """Copies of the per-reference K/V on `device` in `dtype`, made once."""
-        key = (torch.device(device), dtype)
-        hit = self._row_copies.get(key)
+    def layout(self, key: SiteKey, q: torch.Tensor, extra: Mapping, pause) -> ImageKV:
+        """K [b, tokens, width], V and mask [b, n, 1] for the b query rows of one site call, built on the first call
+        of a run with this layout (a context window's frames are part of it) and looked up on later steps."""
+        chunks, per = chunk_rows(extra, q.shape[0])
+        frames = tuple(latent_indices(extra, per))
+        tokens = q.shape[1]
+        grid = None if self.mask is None else token_grid(tokens, extra.get("activations_shape"),
+                                                          extra.get("original_shape"))
+        cache_key = (key, chunks, per, tokens, grid, frames)
+        hit = self.layouts.get(cache_key)
         if hit is None:
-            with self._rows_lock:
-                hit = self._row_copies.get(key)
-                if hit is None:
-                    hit = {k: SiteKV(*(t.to(device=device, dtype=dtype) for t in (kv.k_cond, kv.v_cond, kv.k_uncond,
-                                                                                   kv.v_uncond)))
-                           for k, kv in self.site_kv.items()}
-                    self._row_copies = {**self._row_copies, key: hit}
+            with pause():
+                hit = self._rows(key, chunks, frames, tokens, grid)
+            if len(self.layouts) >= self.LAYOUT_LIMIT:
+                self.layouts = {}
+            self.layouts[cache_key] = hit
         return hit
 
-    def release(self, device=None) -> None:
-        """Drop the copies on `device` (all device copies when None)."""
-        with self._rows_lock:
-            self._row_copies = {k: c for k, c in self._row_copies.items()
-                                if device is not None and k[0] != torch.device(device)}
-
-    @property
-    def placed_device(self) -> torch.device | None:
-        copies = self._row_copies
-        return next(iter(copies))[0] if copies else None
-
-    def keys_values(self, key: SiteKey, q: torch.Tensor, extra: Mapping, *args, **kwargs):
-        """K [b, tokens, width], V and mask [b, n, 1] for the b query rows of this call (or None where the prompt
-        does not act now)."""
-        if key not in self.site_kv or not self.is_active(extra):
-            return None
-        chunks, per = chunk_rows(extra, q.shape[0])
-        frames = latent_indices(extra, per)
-        kv = self.place(q.device, q.dtype)[key]
-        refs = torch.tensor(frames, device=q.device).clamp(max=kv.k_cond.shape[0] - 1)
+    def _rows(self, key: SiteKey, chunks: tuple, frames: tuple, tokens: int, grid) -> ImageKV:
+        kv = self.kv[key]
+        refs = torch.tensor(frames, device=self.device).clamp(max=kv.k_cond.shape[0] - 1)
         weight = None
-        if self.frame_weights is not None:
-            table = self.frame_weights[key]
-            rows = torch.tensor(frames).clamp(max=table.shape[0] - 1)
-            weight = table[rows].to(q.device, q.dtype).view(per, 1, 1)
+        if self.weights is not None:
+            table = self.weights[key]
+            weight = table[torch.tensor(frames, device=self.device).clamp(max=table.shape[0] - 1)].view(-1, 1, 1)
         ks, vs = [], []
         for c in chunks:
             k = (kv.k_uncond if c == 1 else kv.k_cond).index_select(0, refs)
@@ -118,5 +96,36 @@ class FramePrompt(ImagePrompt):
             vs.append(v)
         mask = None
         if self.mask is not None:
-            mask = mask_rows(self.mask, q.shape[1], extra, chunks, per, q.device, q.dtype)
+            site_mask = resize_mask(self.mask, *grid, tokens)
+            rows = torch.tensor(frames, device=site_mask.device).clamp(max=site_mask.shape[0] - 1)
+            mask = site_mask[rows].repeat(len(chunks), 1, 1).to(self.dtype)
         return torch.cat(ks), torch.cat(vs), mask
+
+
+class FramePrompt(ImagePrompt):
+    """An ImagePrompt whose keys and values differ by latent: K/V per reference ([R, tokens, width] for each side;
+    R = 1 when every latent sees all references), and optionally per-frame site weights, applied per row (K/V are
+    then stored unweighted; a plain weight is folded in when the prompt is built).
+
+    Its device copies follow the host's moves like an ImagePrompt's (placement.py); `keys_values` lays K/V out
+    row by row along the queries' batch, one group per row (see attention.ImageKV)."""
+
+    def __init__(self, site_kv: Mapping[SiteKey, SiteKV], sigma_start: float, sigma_end: float,
+                 mask: torch.Tensor | None = None, label: str = "",
+                 frame_weights: Mapping[SiteKey, torch.Tensor] | None = None, scaling: str = "V only"):
+        super().__init__(site_kv, sigma_start, sigma_end, mask, label)
+        self.frame_weights = None if frame_weights is None else {k: w.float().cpu() for k, w in frame_weights.items()}
+        self.scaling = scaling
+        self.copies = DeviceCopies(functools.partial(PlacedFrames, self.site_kv, self.frame_weights, self.mask,
+                                                     scaling))
+
+    def keys_values(self, key: SiteKey, q: torch.Tensor, extra: Mapping, pause=no_pause, *args, **kwargs):
+        """What this prompt attends to at `key` for these queries (see PlacedFrames.layout), or None where it does
+        not act now."""
+        if key not in self.site_kv or not self.is_active(extra):
+            return None
+        placed = self.copies.get(q.device, q.dtype)
+        if placed is None:  # the host did not move the patches before sampling
+            with pause():
+                placed = self.place(q.device, q.dtype)
+        return placed.layout(key, q, extra, pause)
