@@ -212,8 +212,8 @@ CAVEATS = {
                      "(Face Embed on a picture with a face, into Project's `negative`).",
     "face lora": "FaceID: Apply's faceid_lora_strength is 0, as the leading pack never added the LoRA in its "
                  "apply nodes (the Unified Loader's faceid_lora_strength still applies it).",
-    "prep": "Prep Image: Likeness Prep Image sharpens with its own CAS implementation and pads in black, as the "
-            "leading pack; its resize may differ by a grey level.",
+    "prep": "Prep Image: Likeness Prep Image follows the leading pack's crop positions, resize filters and CAS "
+            "sharpening; expect small pixel differences, not different pictures.",
     "openvino": "OpenVINO has no Likeness provider; `auto` picks the best onnxruntime provider installed.",
     "ipadpt": "Load Embeds: Likeness reads a `.ipadpt` file only when it holds plain tensors (never pickled code), "
               "and it carries one feature kind; save the references again with Likeness Save References.",
