@@ -518,7 +518,7 @@ def _apply_node(site, *, image_name="image", enhance=False, batch=False, layer_w
     if bundle.faceid:
         if "weight_faceidv2" in site.values:
             project["faceid_v2_weight"] = site["weight_faceidv2"]
-        elif isinstance(_number(site["weight"]), float) or isinstance(_number(site["weight"]), int):
+        elif _number(site["weight"]) is not None:
             project["faceid_v2_weight"] = min(5.0, 2 * site["weight"])  # the leading pack: v2 weight = 2 x weight
     if isinstance(weight_type, Link) or weight_type not in R.LIKENESS_WEIGHT_TYPES:
         raise Unconvertible(f"weight_type {weight_type!r} is not one Likeness has")
@@ -530,12 +530,6 @@ def _apply_node(site, *, image_name="image", enhance=False, batch=False, layer_w
     if site.type in ("IPAdapterFaceID", "IPAAdapterFaceIDBatch", "IPAdapterFaceIDKolors"):
         result[1] = Link(refs.node, 1) if bundle.faceid else None
     return result
-
-
-R.LIKENESS_WEIGHT_TYPES = ("linear", "ease in", "ease out", "ease in-out", "reverse in-out", "weak input",
-                           "weak output", "weak middle", "strong middle", "style transfer", "composition",
-                           "strong style transfer", "style and composition", "style transfer precise",
-                           "composition precise")
 
 
 def _file_bundle(adapter: Link, name: str) -> Bundle:

@@ -139,7 +139,18 @@ def server(workflow_models, tmp_path_factory, request):
         shutil.copy(root / "server.log", ARTIFACTS / f"frontend-{request.param}" / "server.log")
 
 
+_REPORTS: dict = {}  # (server, renderer) -> probe report: each renderer is driven once per server
+
+
 def _probe(server, vue: bool) -> dict:
+    if (server["base"], vue) not in _REPORTS:
+        _REPORTS[(server["base"], vue)] = _run_probe(server, vue)
+    return _REPORTS[(server["base"], vue)]
+
+
+def _run_probe(server, vue: bool) -> dict:
+    import leading_pack_graphs
+
     base = server["base"]
     _post(base + "/api/settings/Comfy.TutorialCompleted", True)
     _post(base + "/api/settings/Comfy.VueNodes.Enabled", vue)
@@ -147,7 +158,9 @@ def _probe(server, vue: bool) -> dict:
     artifacts.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, LIKENESS_BASE=base, LIKENESS_MODULE=server["module"], LIKENESS_RUN=RUN,
                LIKENESS_WORKFLOWS=",".join(p.stem for p in tw.WORKFLOWS), LIKENESS_SWAPS=json.dumps(tw.SWAPS),
-               LIKENESS_VUE="1" if vue else "0", LIKENESS_SHOTS=str(artifacts), LIKENESS_CHROMIUM=CHROMIUM)
+               LIKENESS_VUE="1" if vue else "0", LIKENESS_SHOTS=str(artifacts), LIKENESS_CHROMIUM=CHROMIUM,
+               LIKENESS_MIGRATE=str(artifacts / "leading_pack_style_composition.json"))
+    (artifacts / "leading_pack_style_composition.json").write_text(json.dumps(leading_pack_graphs.style_composition()))
     done = subprocess.run(["node", "probe.mjs"], cwd=BROWSER_DIR, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, f"probe failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     report = json.loads(done.stdout.strip().splitlines()[-1])
@@ -203,6 +216,40 @@ def test_workflows_load_and_run_in_the_browser(server, vue):
     assert not _ours(run["errors"]), run["errors"]
 
 
+def _overlapping(boxes: list[dict]) -> list[tuple]:
+    found = []
+    for i, a in enumerate(boxes):
+        ax, ay, aw, ah = a["box"]
+        for b in boxes[i + 1:]:
+            bx, by, bw, bh = b["box"]
+            if ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah:
+                found.append((a["id"], b["id"]))
+    return found
+
+
+def test_converted_graphs_do_not_overlap_in_either_renderer(server):
+    """The menu command converts a leading-pack graph in the browser; converted graphs (that one and the
+    migrated examples) have no overlapping node boxes, measured in the classic canvas and the Vue renderer."""
+    for vue in (False, True):
+        report = _probe(server, vue)
+        migrate = report["migrate"]
+        assert migrate["command"] == "Convert IPAdapter nodes to Likeness" and migrate["menu"] == ["Extensions", "Likeness"]
+        assert migrate["summary"] and migrate["summary"]["converted"] and not migrate["summary"]["kept"], migrate
+        assert all(n["registered"] and n["type"].startswith(("Likeness", "CLIP", "Checkpoint", "Load", "Empty",
+                                                             "KSampler", "VAE", "Save", "Note"))
+                   for n in migrate["nodes"]), migrate["nodes"]
+        assert not _ours(migrate["errors"]), migrate["errors"]
+        measured = {"converted in the browser": migrate["boxes"]}
+        measured.update({name: result["boxes"] for name, result in report["workflows"].items()
+                         if name.startswith("likeness_migrated_")})
+        for name, boxes in measured.items():
+            assert not _overlapping(boxes["graph"]), f"{report['mode']} / {name}: {_overlapping(boxes['graph'])}"
+            assert not _overlapping(boxes["dom"]), f"{report['mode']} / {name}: DOM {_overlapping(boxes['dom'])}"
+        others = {name: _overlapping(result["boxes"]["graph"]) + _overlapping(result["boxes"]["dom"])
+                  for name, result in report["workflows"].items() if not name.startswith("likeness_migrated_")}
+        print(f"\n{report['mode']}: overlaps in the other examples: { {k: v for k, v in others.items() if v} }")
+
+
 def _comparable(prompt: dict) -> dict:
     return {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()}
 
@@ -255,4 +302,4 @@ def test_routes_are_added_once_and_need_no_server():
         else:
             comfy_server.PromptServer.instance = previous
     paths = sorted(r.path for r in fake.routes)
-    assert paths == ["/likeness/adapter_info", "/likeness/weights"]
+    assert paths == ["/likeness/adapter_info", "/likeness/migrate", "/likeness/weights"]

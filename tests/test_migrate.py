@@ -81,7 +81,7 @@ def test_every_class_of_the_leading_pack_has_a_rule_or_a_reason():
     assert set(values) <= set(live)
     assert set(R.COMBINE_MODES.values()) <= set(input_specs("LikenessMergeReferences")["mode"][1])
     assert set(R.PROVIDERS.values()) <= set(input_specs("LikenessFaceModelLoader")["provider"][1])
-    assert set(migrate.R.LIKENESS_WEIGHT_TYPES) == set(input_specs("LikenessApply")["weight_type"][1])
+    assert set(R.LIKENESS_WEIGHT_TYPES) == set(input_specs("LikenessApply")["weight_type"][1])
 
 
 def test_the_fixtures_cover_every_class_and_every_layout():

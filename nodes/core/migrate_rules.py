@@ -82,6 +82,11 @@ DEFAULTS = {
 }
 
 CLASS_DEFAULTS = {"IPAdapter": {"weight_type": "standard"}}
+# Likeness Apply's weight types: the leading pack's fifteen, same names (checked against the live node).
+LIKENESS_WEIGHT_TYPES = ("linear", "ease in", "ease out", "ease in-out", "reverse in-out", "weak input",
+                         "weak output", "weak middle", "strong middle", "style transfer", "composition",
+                         "strong style transfer", "style and composition", "style transfer precise",
+                         "composition precise")
 
 SIMPLE_WEIGHT_TYPES = {"standard": "linear", "prompt is more important": "ease out", "style transfer": "style transfer"}
 COMBINE_MODES = {"concat": "concat", "add": "add", "subtract": "subtract", "average": "average",

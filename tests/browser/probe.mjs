@@ -7,6 +7,9 @@
 //   LIKENESS_VUE       "1" for the Vue node renderer ("Nodes 2.0"), else the classic canvas
 //   LIKENESS_SHOTS     folder for screenshots
 //   LIKENESS_CHROMIUM  the Chromium binary
+//   LIKENESS_MIGRATE   optional: a JSON file with a workflow of the leading IP-Adapter pack, loaded and converted
+//                      with the menu command "Convert IPAdapter nodes to Likeness"
+import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
 
 const env = process.env;
@@ -62,6 +65,22 @@ try {
   }, MODULE);
   report.doubleLoadErrors = errors.splice(0);
 
+  // Node boxes as drawn: the graph's own bounds (title bar included; the Vue renderer writes its measured sizes
+  // back), and in the Vue renderer also the DOM elements' rectangles (screen space: overlaps are the same there).
+  await page.evaluate(() => {
+    window.__likenessBoxes = async () => {
+      const app = window.comfyAPI.app.app;
+      app.canvas.setDirty(true, true);
+      await new Promise((r) => setTimeout(r, 600));
+      const graph = app.graph.nodes.map((n) => ({ id: n.id, type: n.type, box: Array.from(n.getBounding()) }));
+      const dom = [...document.querySelectorAll("[data-node-id]")].map((el) => {
+        const r = el.getBoundingClientRect();
+        return { id: el.getAttribute("data-node-id"), box: [r.left, r.top, r.width, r.height] };
+      }).filter((d) => d.box[2] > 0 && d.box[3] > 0);
+      return { graph, dom };
+    };
+  });
+
   for (const name of WORKFLOWS) {
     const result = await page.evaluate(async ({ module, name, vue, check }) => {
       const app = window.comfyAPI.app.app;
@@ -113,7 +132,8 @@ try {
       }
       const dialogs = [...document.querySelectorAll("[role=dialog]")].map((d) => d.innerText.slice(0, 300));
       const prompt = (await app.graphToPrompt()).output;
-      return { nodes, dialogs, prompt, saved: app.graph.serialize(), follows, reportShown };
+      const boxes = await window.__likenessBoxes();
+      return { nodes, dialogs, prompt, saved: app.graph.serialize(), follows, reportShown, boxes };
     }, { module: MODULE, name, vue: VUE, check: name === RUN });
     result.errors = errors.splice(0);
     report.workflows[name] = result;
@@ -124,6 +144,30 @@ try {
     }
   }
   report.timings.loaded_s = (Date.now() - t0) / 1000;
+
+  if (env.LIKENESS_MIGRATE) {
+    const old = JSON.parse(readFileSync(env.LIKENESS_MIGRATE, "utf8"));
+    await page.evaluate(async (wf) => {
+      await window.comfyAPI.app.app.loadGraphData(wf, true, true, "leading-pack");
+    }, old);
+    await page.waitForTimeout(800);
+    for (let i = 0; i < 3; i++) await page.keyboard.press("Escape"); // the missing-nodes dialog
+    report.migrate = await page.evaluate(async () => {
+      const { app } = window.comfyAPI.app;
+      const ext = (app.extensions || []).find((e) => e.name === "likeness.frontend");
+      const command = ext?.commands?.find((c) => c.id === "Likeness.ConvertIPAdapterNodes");
+      const menu = ext?.menuCommands?.find((m) => m.commands.includes(command?.id))?.path ?? null;
+      if (!command) return { command: null };
+      await command.function();
+      const nodes = app.graph.nodes.map((n) => ({ id: n.id, type: n.type,
+        registered: !!window.LiteGraph.registered_node_types[n.type] }));
+      const prompt = (await app.graphToPrompt()).output;
+      return { command: command.label, menu, summary: window.__likenessLastMigration ?? null, nodes, prompt,
+               boxes: await window.__likenessBoxes() };
+    });
+    report.migrate.errors = errors.splice(0);
+    await page.screenshot({ path: `${env.LIKENESS_SHOTS}/${mode}-migrated.png` });
+  }
 
   if (RUN) {
     report.run = await page.evaluate(async ({ module, name, swaps }) => {
