@@ -111,7 +111,8 @@ def _check_shape(name: str, key: str, tensor: torch.Tensor, expected: tuple[int,
         raise ReferencesFileError(f"`{name}` is damaged: tensor `{key}` holds {tensor.dtype}, not floating point "
                                   "numbers.")
     if not torch.isfinite(tensor).all():
-        raise ReferencesFileError(f"`{name}` is damaged: tensor `{key}` contains NaN or infinite values.")
+        raise ReferencesFileError(f"`{name}` is damaged: tensor `{key}` contains NaN or infinite values. Save the "
+                                  "references again from their images.")
 
 
 def _check_sizes_before_reading(name: str, shapes: dict[str, list[int]]) -> None:

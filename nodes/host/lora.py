@@ -105,10 +105,11 @@ def adapter_lora_patches(model, adapter: Adapter) -> dict:
         up, down = adapter.lora[f"{name}_lora.up.weight"], adapter.lora[f"{name}_lora.down.weight"]
         if up.ndim != 2 or down.ndim != 2 or up.shape[0] != w.shape[0] or down.shape[1] != w.shape[1] \
                 or up.shape[1] != down.shape[0]:
+            made_for = lora_family(_shapes(adapter.lora)) or "another model"
             raise IncompatibleError(
                 f"`{adapter.name}`: LoRA `{name}` is {tuple(up.shape)} x {tuple(down.shape)} but the model's `{key}` "
-                f"is {tuple(w.shape)}. The adapter's LoRA is for {lora_family(_shapes(adapter.lora)) or 'another model'}"
-                f"; this MODEL is {model_family(model)}. Use the adapter published for this model.")
+                f"is {tuple(w.shape)}. The adapter's LoRA is for {made_for}; this MODEL is {model_family(model)}. "
+                "Use the adapter published for this model.")
     return comfy.lora.load_lora(adapter.lora, targets, log_missing=False)
 
 
@@ -162,9 +163,9 @@ def _file_lora_patches(model, adapter: Adapter, path: str) -> dict:
         made_for = lora_family(_shapes(lora)) or "another model"
         fits = model_family(model)
         raise IncompatibleError(
-            f"LoRA `{name}` (for adapter `{adapter.name}`) does not fit this MODEL: {bad} of its tensors have no "
-            f"weight of their shape in it (e.g. `{example}`), so it would only be half applied. The LoRA is for "
-            f"{made_for}; this MODEL and the adapter are {fits}. Put the LoRA published with `{adapter.name}` in "
+            f"LoRA `{name}` (for adapter `{adapter.name}`) does not fit this MODEL: {bad} of its {len(lora)} tensors "
+            f"have no weight of their shape in it (e.g. `{example}`), so it would only be half applied. The LoRA is "
+            f"for {made_for}; this MODEL and the adapter are {fits}. Put the LoRA published with `{adapter.name}` in "
             f"models/loras as `{expected_lora_file(adapter)}`, or set faceid_lora_strength to 0.")
     return patches
 
