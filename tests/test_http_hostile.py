@@ -94,6 +94,13 @@ def _write_models(root: Path) -> dict[str, Path]:
     # a face model pack whose recogniser gives NaN
     fm.write_pack(str(folders["insightface"] / "models" / "nan_pack"))
     fm.poison(str(folders["insightface"] / "models" / "nan_pack" / "w600k_r50.onnx"))
+    # models kept on another disk, linked into the model folders by the user: these are followed
+    elsewhere = root / "elsewhere"
+    elsewhere.mkdir()
+    tw.write_tiny_adapter(elsewhere, "ip-adapter_sd15.safetensors")
+    (ipadapter / "linked.safetensors").symlink_to(elsewhere / "ip-adapter_sd15.safetensors")
+    fm.write_pack(str(elsewhere / "pack"))
+    (folders["insightface"] / "models" / "linked_pack").symlink_to(elsewhere / "pack", target_is_directory=True)
     return folders
 
 
@@ -333,6 +340,13 @@ def test_uploaded_files_are_not_models(hostile):
         assert status == 400 and "not one of the choices" in json.dumps(answer)
     listed = {name: options for name, _kind, options, _s, _r in node_specs(hostile["info"], "LikenessFaceModelLoader")}
     assert not [o for o in listed["model_pack"] if UPLOADED in o or "/" in o]
+
+
+def test_models_linked_in_from_elsewhere_are_followed(hostile):
+    for node, inputs in (("LikenessAdapterLoader", {"adapter_name": "linked.safetensors"}),
+                         ("LikenessFaceModelLoader", {"model_pack": "linked_pack", "provider": "CPU"})):
+        entry = run_to_end(hostile["base"], _loader_prompt(node, **inputs))
+        assert entry["status"]["status_str"] == "success", (node, entry["status"])
 
 
 def _loader_prompt(node_id: str, **inputs) -> dict:

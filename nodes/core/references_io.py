@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import not_a_model
+from .checkpoint import all_finite, not_a_model
 from .errors import ReferencesFileError
 from .references import MAX_REFERENCES, EncoderInfo, FaceIdentity, ImageFeatures, References, reference_count_problem
 
@@ -110,7 +110,7 @@ def _check_shape(name: str, key: str, tensor: torch.Tensor, expected: tuple[int,
     if not tensor.is_floating_point():
         raise ReferencesFileError(f"`{name}` is damaged: tensor `{key}` holds {tensor.dtype}, not floating point "
                                   "numbers.")
-    if not torch.isfinite(tensor).all():
+    if not all_finite(tensor):
         raise ReferencesFileError(f"`{name}` is damaged: tensor `{key}` contains NaN or infinite values. Save the "
                                   "references again from their images.")
 

@@ -125,20 +125,18 @@ def _onnx(path: str) -> str:
 def face_pack_entries() -> list[Entry]:
     """Every face model pack, its .onnx files checked; a pack with a broken file is unusable."""
     try:
-        from .face import _onnx_files, find_pack
+        from .face import pack_files
     except Exception as e:  # insightface/onnxruntime missing: the doctor still lists everything else
         log.warning("Likeness: face model packs not listed (%s)", e)
         return []
     out = []
     for pack in face_packs():
         try:
-            folder = find_pack(pack)
+            folder, files = pack_files(pack)
         except LikenessError as e:
             out.append(Entry("insightface", pack, "", None, str(e)))
             continue
-        files = _onnx_files(folder)
-        checked = [(path, *_inspect(path, _onnx)) for path in files]
-        broken = [problem for _path, _found, problem in checked if problem]
+        broken = [problem for _found, problem in (_inspect(path, _onnx) for path in files) if problem]
         found = ", ".join(os.path.basename(path) for path in files)
         out.append(Entry("insightface", pack, folder, found, broken[0] if broken else ""))
     return out

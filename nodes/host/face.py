@@ -283,6 +283,12 @@ _cache: "weakref.WeakValueDictionary[tuple, FaceModel]" = weakref.WeakValueDicti
 _cache_lock = threading.Lock()
 
 
+def pack_files(pack: str) -> tuple[str, list[str]]:
+    """The folder of a listed pack and its .onnx files (FaceModelError when it is missing or empty)."""
+    folder = find_pack(pack)
+    return folder, _onnx_files(folder)
+
+
 def pack_fingerprint(pack: str) -> tuple:
     try:
         folder = find_pack(pack)

@@ -19,7 +19,6 @@ import os
 
 import comfy.lora
 import comfy.lora_convert
-import comfy.utils
 import folder_paths
 from comfy.ldm.modules.attention import SpatialTransformer
 
