@@ -531,7 +531,7 @@ def test_sniffing_reads_only_the_start_of_a_file(tmp_path):
         is None
 
 
-def test_numpy_face_checks_accept_a_good_pack(tmp_path_factory):
+def test_a_good_face_pack_passes_the_checks(tmp_path_factory):
     with fm.insightface_folder(tmp_path_factory):
         model = host_face.load_face_model(fm.PACK, "CPU")
         assert not model.detector_is_damaged()
