@@ -170,10 +170,13 @@ def hostile(tmp_path_factory):
         status, text = upload(server.base, "uploaded_refs.safetensors", b"\x08\0\0\0\0\0\0\0{}      junk")
         assert status == 200, text
         # Everything but the output folder, the server's own temp/user/log, and the pytest folders of other tests
-        # that run in this process: escapes through ../../ would land in the folders above.
+        # that run in this process: escapes through ../../ would land in the folders above. ComfyUI's own data
+        # folders are not this server's (it has its own input, output, temp and user) and other ComfyUI
+        # processes on the machine write there, so they are left out too.
         watched = [tmp_path_factory.getbasetemp(), COMFYUI, PACK]
         skip = {outputs, server_root / "temp", server_root / "user", server_root / "server.log",
                 PACK / "tests" / "artifacts", PACK / ".git"}
+        skip |= {COMFYUI / name for name in ("input", "output", "temp", "user")}
         skip |= {p for p in tmp_path_factory.getbasetemp().iterdir() if p != root}
         info = get_json(server.base + "/api/object_info", timeout=60)  # core's loaders make input/ sub-folders
         before = {str(w): snapshot(w, skip) for w in watched}
