@@ -25,6 +25,7 @@ from conftest import pack
 from test_detection import write_sparse_safetensors
 from test_faceid_end_to_end import kohya_lora
 from test_patching import sample, tokens_for
+from test_unified_loader import folders  # noqa: F401  (fixture)
 
 checkpoint = pack("nodes.core.checkpoint")
 errors = pack("nodes.core.errors")
@@ -463,20 +464,9 @@ def test_adapter_info_for_a_corrupt_header_is_a_json_answer(models_dir):
 
 # ---------------------------------------------------------------- the doctor checks what it lists
 
-@pytest.fixture()
-def doctor_folders(tmp_path):
-    saved = {k: folder_paths.folder_names_and_paths[k] for k in ("ipadapter", "clip_vision", "loras", "insightface")}
-    for name in saved:
-        (tmp_path / name).mkdir()
-        folder_paths.folder_names_and_paths[name] = ([str(tmp_path / name)], saved[name][1])
-    folder_paths.filename_list_cache.clear()
-    yield tmp_path
-    folder_paths.folder_names_and_paths.update(saved)
-    folder_paths.filename_list_cache.clear()
-
-
-def test_the_doctor_marks_broken_files_broken(doctor_folders, tmp_path):
-    root = doctor_folders
+def test_the_doctor_marks_broken_files_broken(folders, tmp_path):
+    root = folders
+    (root / "insightface").mkdir()
     write_sparse_safetensors(root / "ipadapter" / "ip-adapter_sd15.safetensors",
                              builders.official_shapes("ip-adapter_sd15.safetensors"))
     (root / "ipadapter" / "ip-adapter-faceid_sd15.bin").write_text(LFS_TEXT)
@@ -489,8 +479,8 @@ def test_the_doctor_marks_broken_files_broken(doctor_folders, tmp_path):
     fm.write_pack(str(root / "insightface" / "models" / "antelopev2"))
     with open(root / "insightface" / "models" / "antelopev2" / "w600k_r50.onnx", "r+b") as f:
         f.truncate(300)
-    text = doctor.report()
-    lines = text.splitlines()
+    with fm.model_folder("insightface", str(root / "insightface"), first=True):
+        lines = doctor.report().splitlines()
 
     def line(name):
         return next(x for x in lines if x.startswith(f"  {name}:"))
