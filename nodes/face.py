@@ -59,8 +59,9 @@ class LikenessFaceEmbed(LikenessNode):
                         "per photo, for the FaceID adapters. Connect clip_vision for FaceID Plus / Plus v2.",
             inputs=[
                 FaceModel.Input("face_model", tooltip="From Likeness Face Model Loader."),
-                io.Image.Input("image", tooltip="One or more photos of the person; each photo gives one reference. "
-                                                "FaceID Portrait is made for several photos of the same person."),
+                io.Image.Input("image", tooltip="One or more photos of the person (at most 256); each photo gives one "
+                                                "reference. FaceID Portrait is made for several photos of the same "
+                                                "person."),
                 io.Combo.Input("select", options=list(SELECT_MODES), default="largest",
                                tooltip="Which face to take when a photo has several, counted from `index`: the "
                                        "largest first, from the left, from the right, from the top, or the most "

@@ -12,6 +12,7 @@ from .core.errors import LikenessError
 from .core.references import EncoderInfo
 from .core.references_io import (describe, load_references, read_leading_pack_embeds, references_from_leading_pack,
                                  save_references)
+from .core.validation import name_problem
 from .host import folders, reference_files
 from .host.encode import empty_image_features
 
@@ -36,6 +37,10 @@ class LikenessSaveReferences(LikenessNode):
             outputs=[],
             is_output_node=True,
         )
+
+    @classmethod
+    def check_inputs(cls, filename_prefix=None, **_):
+        return None if filename_prefix is None else name_problem("filename_prefix", filename_prefix, "file name")
 
     @classmethod
     def execute(cls, references, filename_prefix="references") -> io.NodeOutput:

@@ -11,8 +11,9 @@ import comfy.model_management
 import comfy.utils
 
 from ..core.errors import InputError
+from ..core.checkpoint import all_finite
 from ..core.images import crop_square, pad_square
-from ..core.references import EncoderInfo, References
+from ..core.references import EncoderInfo, References, check_reference_count
 from ..core.tiles import enhanced_features, grid_tiles, merge_embeds_grid, merge_hidden_grid
 
 CROP_MODES = ("center", "pad", "squash", "top", "bottom", "left", "right")
@@ -31,6 +32,7 @@ def prepare_images(image: torch.Tensor, crop: str, sharpen: float, mask: torch.T
     if image.ndim != 4 or image.shape[0] == 0:
         raise InputError(f"image should be a non-empty IMAGE batch [batch, height, width, channels]; "
                          f"got shape {tuple(image.shape)}.")
+    check_reference_count(image.shape[0], "the image batch")
     if image.shape[-1] == 1:
         image = image.expand(-1, -1, -1, 3)
     image = image[..., :3].float()
@@ -75,6 +77,10 @@ def encode_references(clip_vision, image: torch.Tensor, crop: str = "center", sh
         tile_embeds, tile_hidden = _encode(clip_vision, tiles, crop, batch_size, bar)
         embeds_t = enhanced_features(embeds_t, merge_embeds_grid(tile_embeds, enhance_tiles), enhance_ratio)
         hidden_t = enhanced_features(hidden_t, merge_hidden_grid(tile_hidden, enhance_tiles), enhance_ratio)
+    if not (all_finite(embeds_t) and all_finite(hidden_t)):
+        raise InputError(f"the image encoder{f' `{source}`' if source else ''} gave NaN or infinite features for "
+                         "these images: its file is damaged, or the images hold NaN values. Load the encoder file "
+                         "again (download it again if this persists) and check the nodes that make the images.")
     encoder = EncoderInfo.from_widths(hidden_t.shape[-1], embeds_t.shape[-1], source)
     return References.from_images(encoder, embeds_t, hidden_t, empty_image_features(clip_vision), source)
 

@@ -117,6 +117,13 @@ try {
         w("weight").value = 0.5;
         await new Promise((r) => setTimeout(r, 1500));
         follows = { active: chart.dataset.active, text: chart.textContent.split("output").pop() };
+        // layer_weights replaces the weight type's spread: two transformers, at 0.5 x 1 and 0.5 x 2.
+        const layersBefore = w("layer_weights").value;
+        w("weight_type").value = "linear";
+        w("layer_weights").value = "0:1, 3:2";
+        await new Promise((r) => setTimeout(r, 1500));
+        follows.layers = { active: chart.dataset.active, text: chart.textContent.split("output").pop() };
+        w("layer_weights").value = layersBefore;
         [w("weight_type").value, w("weight").value] = before;
         await new Promise((r) => setTimeout(r, 1000));
       }
@@ -196,6 +203,18 @@ try {
       const history = await (await fetch(`/api/history/${queued.prompt_id}`)).json();
       result.outputs = history[queued.prompt_id]?.outputs ?? null;
       await new Promise((r) => setTimeout(r, 800));
+      // The text each node sent (V3 ui.PreviewText) as its panel shows it, each node brought into view in turn.
+      result.panels = [];
+      for (const node of app.graph.nodes) {
+        const panel = node.widgets?.find((w) => w.name === "likeness_report")?.element;
+        if (!panel) continue;
+        app.canvas.ds.scale = 1; // the Vue renderer hides DOM widgets at 80% zoom and below
+        app.canvas.centerOnNode(node);
+        app.canvas.setDirty(true, true);
+        await new Promise((r) => setTimeout(r, 600));
+        result.panels.push({ id: String(node.id), type: node.type, text: panel.textContent,
+          shown: !!panel.isConnected && panel.getClientRects().length > 0 });
+      }
       return result;
     }, { module: MODULE, name: RUN, swaps: SWAPS });
     report.run.errors = errors.splice(0);
