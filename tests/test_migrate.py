@@ -344,7 +344,8 @@ def test_the_route_converts_and_refuses_hostile_input_with_400():
     nested = "[" * 100000 + "]" * 100000
     answers = asyncio.run(ask([json.dumps({"workflow": graphs.style_composition()}).encode(),
                                json.dumps(_api(graphs.advanced_and_simple())).encode(),
-                               b"not json", b"\xff\xfe", nested.encode(), b"[1, 2]", b'{"nodes": 3}',
+                               b"not json", b"\xff\xfe", b'{"nodes": [], "links": [], "x": NaN}',
+                               nested.encode(), b"[1, 2]", b'{"nodes": 3}',
                                b"x" * (routes.MAX_MIGRATE_BYTES + 10)]))
     (ok, workflow), (ok_api, api) = answers[:2]
     assert ok == 200 and not leading_types(workflow["workflow"]) and "middle block" in workflow["summary"]["text"]

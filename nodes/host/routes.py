@@ -190,21 +190,22 @@ def add_routes(routes) -> None:
         if (request.content_length or 0) > MAX_MIGRATE_BYTES:
             return problem(400, f"the workflow is larger than {MAX_MIGRATE_BYTES // (1024 * 1024)} MiB.")
         body = await request.content.read(MAX_MIGRATE_BYTES + 1)
-        status, answer = migrate_answer(body)
-        return web.json_response(answer, status=status)
+        status, payload = migrate_answer(body)
+        return answer(payload, status)
 
 
 def migrate_answer(body: bytes) -> tuple[int, dict]:
     """(status, JSON answer) for a POST /likeness/migrate body; never raises."""
-    import json
-
     from .. import migrate
+
+    def refuse_constant(name):
+        raise ValueError(f"{name} is not a JSON number")
 
     if len(body) > MAX_MIGRATE_BYTES:
         return 400, {"error": f"the workflow is {len(body) // 1024} KiB; the converter reads at most "
                               f"{MAX_MIGRATE_BYTES // (1024 * 1024)} MiB."}
     try:
-        data = json.loads(body.decode("utf-8"))
+        data = json.loads(body.decode("utf-8"), parse_constant=refuse_constant)  # NaN could not be answered
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         return 400, {"error": f"the body is not JSON ({type(e).__name__}: {str(e)[:200]})."}
     if isinstance(data, dict) and isinstance(data.get("workflow"), dict):
