@@ -13,7 +13,7 @@ import folder_paths
 from ..core import checkpoint
 from ..core.errors import LikenessError
 from ..core.variants import Detected, Encoder, detect, detect_encoder
-from .folders import file_version
+from .folders import ADAPTER_FOLDERS, file_version
 
 log = logging.getLogger(__name__)
 _cache: dict[tuple, tuple] = {}
@@ -22,7 +22,7 @@ _lock = threading.Lock()
 
 @dataclass(frozen=True)
 class Entry:
-    folder: str  # model folder name: ipadapter, clip_vision, loras
+    folder: str  # model folder name: ipadapter, pulid, clip_vision, loras
     name: str  # as listed by ComfyUI (may include a sub-folder)
     path: str
     found: Detected | Encoder | None
@@ -76,7 +76,8 @@ def _entries(folder: str, reader, names=None) -> list[Entry]:
 
 
 def adapters() -> list[Entry]:
-    return _entries("ipadapter", _adapter)
+    """Every file of the adapter folders (ipadapter, then pulid)."""
+    return [e for folder in ADAPTER_FOLDERS for e in _entries(folder, _adapter)]
 
 
 def encoders() -> list[Entry]:
