@@ -35,6 +35,7 @@ def register_all() -> None:
     register_folder("ipadapter", ADAPTER_EXTENSIONS)
     register_folder("pulid", ADAPTER_EXTENSIONS)
     register_folder("insightface", {".onnx"})  # face model packs live in <folder>/models/<pack>/*.onnx
+    register_folder("facexlib", {".pth"})  # PuLID's face parsing (parsing_bisenet.pth), where other packs keep it
 
 
 def insightface_roots() -> list[str]:
