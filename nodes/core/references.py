@@ -174,6 +174,10 @@ def project_references(adapter: Adapter, refs: References, negative: References 
     FaceID Plus version (None: guessed from the file name) and the Plus v2 shortcut weight.
     """
     det = adapter.detected
+    if det.pulid:
+        from .pulid import project_pulid
+
+        return project_pulid(adapter, refs, negative, device)
     if det.faceid:
         from .face import project_faces
 
