@@ -20,13 +20,13 @@ attention's output and `ip` the identity attention's output at a site, both [b, 
     fidelity  ip - (1 - m) P                 the projection is taken along the token axis)
               m [b, n, 1] = Σ_{t < 5} mean_heads softmax_t(q_h k_h^T)   (unscaled scores, per query)
 
-and the site adds weight x rule. Each method also appends zero tokens to the identity tokens (8 for fidelity and 16
-for style in v1, the reference demo's settings; 20 for v1.1, its demo's default; none for neutral).
+and the site adds weight x rule (the weight folded into the identity's values, which every rule is linear in). A
+mask multiplies the term. Each method also appends zero tokens to the identity tokens (ZERO_TOKENS); their keys and
+values are zero (the projections have no bias), so they only take part of the softmax mass, as the reference's
+NUM_ZERO does.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
@@ -41,23 +41,19 @@ FACE_MODEL_FOR_PULID = "antelopev2"
 _TINY = 1e-12
 
 
-@dataclass(frozen=True)
-class Method:
-    name: str
-    zero_tokens: dict  # layout -> extra zero tokens appended to the identity tokens
-
-
-METHODS = {
-    "fidelity": Method("fidelity", {Layout.PULID_ENCODER: 8, Layout.PULID_FORMER: 20}),
-    "style": Method("style", {Layout.PULID_ENCODER: 16, Layout.PULID_FORMER: 20}),
-    "neutral": Method("neutral", {Layout.PULID_ENCODER: 0, Layout.PULID_FORMER: 0}),
+# Zero tokens appended to the identity tokens, per method and encoder: v1 as the reference demo's two modes
+# (app.py: fidelity 8, "extremely style" 16), v1.1 as its demo's default (app_v1_1.py: 20), none for neutral.
+ZERO_TOKENS = {
+    "fidelity": {Layout.PULID_ENCODER: 8, Layout.PULID_FORMER: 20},
+    "style": {Layout.PULID_ENCODER: 16, Layout.PULID_FORMER: 20},
+    "neutral": {Layout.PULID_ENCODER: 0, Layout.PULID_FORMER: 0},
 }
 
 
 def zero_tokens(method: str, layout: Layout) -> int:
-    if method not in METHODS:
+    if method not in ZERO_TOKENS:
         raise InputError(f"pulid_method `{method}` is not one of: {', '.join(PULID_METHODS)}.")
-    return METHODS[method].zero_tokens[layout]
+    return ZERO_TOKENS[method][layout]
 
 
 # ------------------------------------------------------------------ combine rules (pure functions, float32)
@@ -79,22 +75,36 @@ def identity_mass(q: torch.Tensor, k: torch.Tensor, heads: int, tokens: int = FI
     return probs[..., :tokens].sum(dim=-1, keepdim=True)
 
 
-def combine_neutral(out: torch.Tensor, ip: torch.Tensor, **_) -> torch.Tensor:
-    return ip.float()
-
-
-def combine_style(out: torch.Tensor, ip: torch.Tensor, **_) -> torch.Tensor:
+def combine_style(out: torch.Tensor, ip: torch.Tensor) -> torch.Tensor:
     out, ip = out.float(), ip.float()
     return ip - projection_on(out, ip)
 
 
-def combine_fidelity(out: torch.Tensor, ip: torch.Tensor, q: torch.Tensor, k: torch.Tensor, heads: int,
-                     **_) -> torch.Tensor:
+def combine_fidelity(out: torch.Tensor, ip: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
     out, ip = out.float(), ip.float()
-    return ip + (identity_mass(q, k, heads) - 1) * projection_on(out, ip)
+    return ip + (mass.float() - 1) * projection_on(out, ip)
 
 
-COMBINE = {"fidelity": combine_fidelity, "style": combine_style, "neutral": combine_neutral}
+def pulid_term(method: str, q: torch.Tensor, out: torch.Tensor, keys_values: tuple, heads: int) -> torch.Tensor:
+    """PuLID's term at one site: `out` the text attention's output [b, n, c], `keys_values` the identity's (k, v,
+    mask) with the weight folded into v, k and v given per group of consecutive query rows that share them."""
+    from .attention import image_attention
+
+    k, v, mask = keys_values
+    grouped = q.reshape(k.shape[0], -1, q.shape[-1])
+    ip = image_attention(grouped, k, v, heads).reshape(out.shape)
+    if method == "neutral":
+        term = ip.float()
+    elif method == "style":
+        term = combine_style(out, ip)
+    elif method == "fidelity":
+        mass = identity_mass(grouped, k, heads).reshape(*out.shape[:-1], 1)
+        term = combine_fidelity(out, ip, mass)
+    else:
+        raise InputError(f"pulid_method `{method}` is not one of: {', '.join(PULID_METHODS)}.")
+    if mask is not None:
+        term = (term.reshape(k.shape[0], -1, term.shape[-1]) * mask).reshape(out.shape)
+    return term.to(out.dtype)
 
 
 # ------------------------------------------------------------------ identity tokens
@@ -164,10 +174,3 @@ def project_pulid(adapter: Adapter, refs: References, negative: References | Non
             uncond = run(match_count(id_vectors(neg_raw, neg_parsed.embeds), n), match_count(neg_parsed.hidden, n))
     return ImageTokens(adapter.name, det.context_width, cond.shape[1], cond, uncond)
 
-
-def with_zero_tokens(tokens: torch.Tensor, count: int) -> torch.Tensor:
-    """[T, C] identity tokens followed by `count` zero tokens (their keys and values are zero: the projections have
-    no bias), which take part of the softmax mass, as the reference's NUM_ZERO does."""
-    if count == 0:
-        return tokens
-    return torch.cat([tokens, tokens.new_zeros(count, tokens.shape[-1])])

@@ -3,14 +3,18 @@ replaces and one forward wrapper on a clone. The MODEL given is never changed.""
 
 from __future__ import annotations
 
+import functools
+
+import comfy.model_management
 import comfy.patcher_extension
 
 from ..core.adapter import Adapter
-from ..core.apply import check_tokens_fit
+from ..core.apply import build_image_prompt, check_tokens_fit
 from ..core.errors import IncompatibleError
+from ..core.pulid import pulid_term, zero_tokens
 from ..core.pulid_flux import FluxBlockInsertion, FluxCallShape, IdentityInsertion, flux_mask
 from ..core.variants import FLUX, pulid_flux_blocks
-from .patch import sigma_window
+from .patch import install, sigma_window
 from .sites import find_sites
 
 CALL_SHAPE_KEY = "likeness_flux_call_shape"
@@ -88,4 +92,8 @@ def apply_pulid(model, adapter: Adapter, tokens, weight: float, weight_type: str
     if adapter.detected.family == FLUX:
         insertion = flux_insertion(adapter, model, cond, uncond, weight, sigma_start, sigma_end, flux_mask(attn_mask))
         return install_flux(model, insertion)
-    raise IncompatibleError("PuLID for SDXL is not wired yet")
+    prompt = build_image_prompt(adapter, tokens, sites, weight, weight_type, embeds_scaling, sigma_start, sigma_end,
+                                attn_mask, device=comfy.model_management.get_torch_device(),
+                                zero_tokens=zero_tokens(method, adapter.detected.layout),
+                                combine=functools.partial(pulid_term, method))
+    return install(model, prompt)
