@@ -13,14 +13,14 @@ from .face import LikenessFaceEmbed, LikenessFaceModelLoader  # noqa: E402
 from .loaders import LikenessAdapterLoader  # noqa: E402
 from .merge import LikenessMergeReferences  # noqa: E402
 from .project import LikenessProject  # noqa: E402
-from .pulid import LikenessIDEncoderLoader  # noqa: E402
+from .pulid import LikenessIDEncoderLoader, LikenessPuLID  # noqa: E402
 from .references_io import LikenessLoadReferences, LikenessSaveReferences  # noqa: E402
 from .unified import LikenessModelDoctor, LikenessUnifiedLoader  # noqa: E402
 
 NODES = [
     LikenessAdapterLoader, LikenessUnifiedLoader, LikenessModelDoctor, LikenessImageEncode, LikenessProject,
     LikenessApply, LikenessApplySimple, LikenessFaceModelLoader, LikenessFaceEmbed, LikenessMergeReferences,
-    LikenessSaveReferences, LikenessLoadReferences, LikenessIDEncoderLoader,
+    LikenessSaveReferences, LikenessLoadReferences, LikenessIDEncoderLoader, LikenessPuLID,
 ]
 
 

@@ -231,3 +231,15 @@ def test_face_embed_with_an_id_encoder_carries_pulid_features(pulid_setup, monke
 def test_face_embed_without_id_encoder_has_no_pulid_features(pulid_setup):
     result = run_prompt(face_embed_prompt(["face_a.png"], id_encoder=False))
     assert result.success, result.execution_error()
+
+
+def test_the_doctor_lists_what_pulid_needs(pulid_setup):
+    doctor = pack("nodes.doctor")
+    text = doctor.report()
+    section = text[text.index("PuLID:"):text.index("Folders searched:")]
+    assert f"EVA-CLIP: {pm.EVA_FILE}" in section and f"face parsing: {pm.PARSING_FILE}" in section
+    assert "antelopev2 face model pack -> models/insightface/models/antelopev2" in section  # the tests' pack is synth_l
+    assert "PuLID is not ready" in section
+    assert "facexlib: " in text and str(pulid_setup / "facexlib") in text
+    encoders = {line.split(":")[0].strip(): line for line in text.splitlines() if pm.EVA_FILE in line}
+    assert "EVA02-CLIP" in encoders[pm.EVA_FILE] or any("EVA02-CLIP" in v for v in encoders.values())

@@ -16,12 +16,15 @@ test loaders of tests/browser/tiny_loaders (see that module for how the tiny mod
   `ckpt_name` widget (the SDXL layout when the name contains "xl").
 * `CLIPVisionLoader` -> `LikenessTestTinyCLIPVision`: a tiny CLIP vision model written under the
   official file name.
+* `UNETLoader`, `DualCLIPLoader`, `VAELoader` -> a tiny FLUX.1 (4 double, 8 single blocks), a text
+  encoder with FLUX's output shapes and a 16-channel VAE.
 
 Everything else runs exactly as shipped, with the shipped widget values: `LikenessAdapterLoader` loads
 tiny adapters written under the official file names (layout, encoder feature and base model taken from
 the variants table, sized for the tiny models; FaceID ones in the .bin layout with their LoRA),
 `LikenessFaceModelLoader` loads the synthetic insightface-compatible ONNX pack of tests/face_models.py
-written under the shipped pack name, `LoraLoaderModelOnly` loads a tiny LoRA under the shipped name,
+written under the shipped pack name, `LikenessIDEncoderLoader` a tiny EVA-CLIP and a random BiSeNet in
+their published layouts (tests/pulid_models.py), `LoraLoaderModelOnly` loads a tiny LoRA under the shipped name,
 `LoadImage` reads the example images shipped in workflows/inputs/, and CLIPTextEncode, KSampler (all
 its steps), VAEDecode and SaveImage are the real nodes. The tiny files live in folders of their own,
 searched first while this module runs.
@@ -43,6 +46,7 @@ import torch
 import builders
 import face_models
 import folder_paths
+import pulid_models
 import nodes
 from conftest import PACK, pack, run_prompt, tiny_loaders
 
@@ -219,6 +223,9 @@ def _file_widgets(workflows, class_type: str, input_name: str) -> set[str]:
     return {widget_values(n)[input_name] for wf in workflows for n in wf["nodes"] if n["type"] == class_type}
 
 
+# Model-file widgets of the split loaders (diffusion model, text encoders, VAE) and the folder each lists.
+SPLIT_FILE_FOLDERS = {("UNETLoader", "unet_name"): "diffusion_models", ("DualCLIPLoader", "clip_name1"): "text_encoders",
+                      ("DualCLIPLoader", "clip_name2"): "text_encoders", ("VAELoader", "vae_name"): "vae"}
 TINY_ENCODERS = {1280: dict(hidden=64, projection=32), 1664: dict(hidden=96, projection=48)}  # by real hidden width
 
 
@@ -226,6 +233,18 @@ def write_tiny_adapter(folder: Path, name: str) -> None:
     """A tiny adapter in the official file's layout: same projection kind, encoder feature and base model."""
     variants = pack("nodes.core.variants")
     variant = next(v for v in variants.VARIANTS if name in v.files)
+    if variant.pulid:  # the published PuLID naming, sized for the tiny SDXL / FLUX and the tiny EVA-CLIP
+        if variant.family == variants.FLUX:
+            state = builders.tiny_pulid_state("flux", seed=len(name))
+        else:
+            kind = "v1" if variant.layout is variants.Layout.PULID_ENCODER else "v1.1"
+            widths = [s.width for s in pack("nodes.host.sites").find_sites(tiny_loaders.tiny_model("sdxl"))]
+            state = builders.tiny_pulid_state(kind, widths=widths, seed=len(name))
+        if name.endswith(".bin"):
+            torch.save(state, folder / name)
+        else:
+            builders.save_safetensors(str(folder / name), state)
+        return
     kind = "sdxl" if variant.family == "SDXL" else "sd15"
     widths = [s.width for s in pack("nodes.host.sites").find_sites(tiny_loaders.tiny_model(kind))]
     if variant.faceid:
@@ -278,7 +297,8 @@ def workflow_models(models_dir, tmp_path_factory):
     workflows = [_load(p) for p in WORKFLOWS]
     extra = tmp_path_factory.mktemp("workflow_models")
     stack = contextlib.ExitStack()  # every folder registered here comes first, and is unregistered after the module
-    for folder in ("ipadapter", "clip_vision", "checkpoints", "loras", "insightface"):
+    for folder in ("ipadapter", "clip_vision", "checkpoints", "loras", "insightface", "facexlib", "diffusion_models",
+                   "text_encoders", "vae"):
         (extra / folder).mkdir()
         stack.enter_context(face_models.model_folder(folder, str(extra / folder), first=True))
     for name in _file_widgets(workflows, "CLIPVisionLoader", "clip_name"):
@@ -289,6 +309,13 @@ def workflow_models(models_dir, tmp_path_factory):
         write_tiny_adapter(extra / "ipadapter", name)
     for name in _file_widgets(workflows, "CheckpointLoaderSimple", "ckpt_name"):
         (extra / "checkpoints" / name).write_bytes(b"")  # listed for the combo; the tiny loader builds the model
+    for (class_type, widget), folder in SPLIT_FILE_FOLDERS.items():
+        for name in _file_widgets(workflows, class_type, widget):
+            (extra / folder / name).write_bytes(b"")  # the same: the tiny loaders pick a model by this name
+    for name in _file_widgets(workflows, "LikenessIDEncoderLoader", "clip_name"):
+        pulid_models.write_tiny_eva(str(extra / "clip_vision"), name)  # EVA-CLIP's layout, tiny widths
+    for name in _file_widgets(workflows, "LikenessIDEncoderLoader", "parsing_model"):
+        pulid_models.write_parsing(str(extra / "facexlib"), name)  # BiSeNet, random weights
     for wf in workflows:
         ckpts = _file_widgets([wf], "CheckpointLoaderSimple", "ckpt_name")
         for name in _file_widgets([wf], "LoraLoaderModelOnly", "lora_name"):

@@ -12,6 +12,7 @@ import folder_paths
 
 from ..core import checkpoint
 from ..core.errors import LikenessError
+from ..core.eva_clip import EvaConfig, detect_eva_clip
 from ..core.variants import Detected, Encoder, detect, detect_encoder
 from .folders import ADAPTER_FOLDERS, file_version
 
@@ -33,8 +34,8 @@ class Entry:
             return f"unusable: {self.problem}"
         if isinstance(self.found, Detected):
             return self.found.summary()
-        if isinstance(self.found, Encoder):
-            return self.found.describe()
+        if isinstance(self.found, Encoder) or hasattr(self.found, "describe"):
+            return self.found.describe()  # a CLIP vision Encoder, or PuLID's EVA-CLIP (EvaConfig)
         return "not recognised"
 
 
@@ -61,8 +62,9 @@ def _adapter(path: str) -> Detected:
     return detect(checkpoint.read_shapes(path), os.path.basename(path))
 
 
-def _encoder(path: str) -> Encoder | None:
-    return detect_encoder(checkpoint.read_shapes(path))
+def _encoder(path: str) -> Encoder | EvaConfig | None:
+    shapes = checkpoint.read_shapes(path)
+    return detect_encoder(shapes) or detect_eva_clip(shapes)
 
 
 def _entries(folder: str, reader, names=None) -> list[Entry]:
@@ -82,6 +84,13 @@ def adapters() -> list[Entry]:
 
 def encoders() -> list[Entry]:
     return _entries("clip_vision", _encoder)
+
+
+def face_parsing_files() -> list[str]:
+    try:
+        return folder_paths.get_filename_list("facexlib")
+    except KeyError:
+        return []
 
 
 def faceid_loras() -> list[Entry]:

@@ -159,8 +159,107 @@ class LikenessTestTinyCLIPVision:
         return (builders.load_tiny_clip_vision(folder_paths.get_full_path_or_raise("clip_vision", clip_name)),)
 
 
+# ---------------------------------------------------------------- FLUX.1, split files (minimal stand-ins)
+# Placeholders with the names and SWAPS keys of the fuller split-file stand-ins being added for the edit-model
+# workflows (issue 14); when both are merged, keep those.
+
+@functools.lru_cache(maxsize=1)
+def tiny_flux():
+    """A private tiny FLUX.1 (4 double, 8 single blocks) that runs on the latent pooled by POOL."""
+    model = builders.build_flux.__wrapped__(seed=41)
+    dit = model.model.diffusion_model
+    base = type(dit)
+
+    class PooledFlux(base):
+        def _forward(self, x, *args, **kwargs):
+            h, w = x.shape[-2:]
+            small = F.adaptive_avg_pool2d(x, (max(2, math.ceil(h / POOL)), max(2, math.ceil(w / POOL))))
+            return F.interpolate(super()._forward(small, *args, **kwargs), size=(h, w), mode="nearest")
+
+    dit.__class__ = PooledFlux
+    return model
+
+
+class _TinyFluxText:
+    """A text encoder with FLUX's output shapes (T5-like context, CLIP-like pooled vector), seeded by the text."""
+
+    def tokenize(self, text, **kwargs):
+        return text
+
+    def encode_from_tokens_scheduled(self, tokens, **kwargs):
+        gen = torch.Generator().manual_seed(sum(map(ord, tokens)) % (1 << 31))
+        context = torch.randn(1, 7, builders.TINY_FLUX["context_in_dim"], generator=gen)
+        pooled = torch.randn(1, builders.TINY_FLUX["vec_in_dim"], generator=gen)
+        return [[context, {"pooled_output": pooled}]]
+
+
+class _TinyFluxVAE:
+    """Decodes a 16-channel latent by a fixed projection to RGB, upsampled x8."""
+
+    def decode(self, latent):
+        weight = torch.linspace(-0.2, 0.2, 48).reshape(3, 16)
+        rgb = torch.sigmoid(torch.einsum("bchw,oc->bohw", latent.float(), weight))
+        return F.interpolate(rgb, scale_factor=8, mode="nearest").movedim(1, -1)
+
+
+def _core_inputs(node_id: str) -> dict:
+    import nodes
+
+    return nodes.NODE_CLASS_MAPPINGS[node_id].INPUT_TYPES()
+
+
+class LikenessTestTinyDiffusionModel:
+    """Stands in for UNETLoader: the tiny FLUX.1."""
+
+    CATEGORY = "testing"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _core_inputs("UNETLoader")
+
+    def load(self, unet_name, weight_dtype="default"):
+        return (tiny_flux(),)
+
+
+class LikenessTestTinyDualTextEncoder:
+    """Stands in for DualCLIPLoader (type flux)."""
+
+    CATEGORY = "testing"
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _core_inputs("DualCLIPLoader")
+
+    def load(self, clip_name1, clip_name2, type, device="default"):
+        return (_TinyFluxText(),)
+
+
+class LikenessTestTinyVAE:
+    """Stands in for VAELoader: FLUX.1's latent format."""
+
+    CATEGORY = "testing"
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"vae_name": (folder_paths.get_filename_list("vae"),)}}
+
+    def load(self, vae_name):
+        return (_TinyFluxVAE(),)
+
+
 # Which shipped loader each test loader replaces. Every other node of a workflow runs as shipped.
-SWAPS = {"CheckpointLoaderSimple": "LikenessTestTinyCheckpoint", "CLIPVisionLoader": "LikenessTestTinyCLIPVision"}
+SWAPS = {"CheckpointLoaderSimple": "LikenessTestTinyCheckpoint", "CLIPVisionLoader": "LikenessTestTinyCLIPVision",
+         "UNETLoader": "LikenessTestTinyDiffusionModel", "DualCLIPLoader": "LikenessTestTinyDualTextEncoder",
+         "VAELoader": "LikenessTestTinyVAE"}
 
 NODE_CLASS_MAPPINGS = {"LikenessTestTinyCheckpoint": LikenessTestTinyCheckpoint,
-                       "LikenessTestTinyCLIPVision": LikenessTestTinyCLIPVision}
+                       "LikenessTestTinyCLIPVision": LikenessTestTinyCLIPVision,
+                       "LikenessTestTinyDiffusionModel": LikenessTestTinyDiffusionModel,
+                       "LikenessTestTinyDualTextEncoder": LikenessTestTinyDualTextEncoder,
+                       "LikenessTestTinyVAE": LikenessTestTinyVAE}
