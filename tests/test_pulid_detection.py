@@ -151,3 +151,13 @@ def test_pulid_files_are_found_in_pulid_ipadapter_and_extra_folders(adapter_fold
     assert folders.adapter_path("in-pulid.safetensors") == str(root / "pulid" / "in-pulid.safetensors")
     with pytest.raises(errors.InputError, match="not one of the choices in the ipadapter and pulid folders"):
         folders.adapter_path("../in-pulid.safetensors")
+
+
+def test_the_loader_panel_describes_pulid_files(adapter_folders):
+    routes = pack("nodes.host.routes")
+    builders.save_safetensors(str(adapter_folders / "pulid" / "pulid_flux_tiny.safetensors"),
+                              builders.tiny_pulid_state("flux"))
+    folder_paths.filename_list_cache.clear()
+    info = routes.adapter_info("pulid_flux_tiny.safetensors")
+    assert info["family"] == "FLUX" and info["layout"] is None and info["tokens"] == 8
+    assert "Likeness ID Encoder Loader" in info["encoder_requirement"] and "antelopev2" in info["encoder_requirement"]

@@ -387,3 +387,13 @@ def test_bypassing_pulid_gives_the_output_of_a_model_that_never_saw_it(models_di
     assert run_prompt(flux_prompt("never", fresh=True)).success
     assert not torch.equal(CAPTURED["with"], CAPTURED["never"])
     assert torch.equal(CAPTURED["bypassed"], CAPTURED["never"])
+
+
+def test_likeness_pulid_refuses_an_ip_adapter_file(tmp_path):
+    state = builders.tiny_adapter_state("linear", [32] * 16)
+    ip_adapter = adapter_mod.load_adapter(builders.save_safetensors(str(tmp_path / "ip-adapter_sd15.safetensors"),
+                                                                    state))
+    node = pack("nodes.pulid").LikenessPuLID
+    with pytest.raises(errors.IncompatibleError, match="takes PuLID files.*ip-adapter_sd15.safetensors"):
+        node.execute(builders.build_unet("sd15"), ip_adapter, None, None, torch.zeros(1, 64, 64, 3), 1.0, 0.0, 1.0,
+                     "fidelity")

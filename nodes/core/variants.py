@@ -246,6 +246,9 @@ class Detected:
     def encoder_requirement(self) -> str:
         """Words for the encoder this adapter needs."""
         enc = self.encoder
+        if self.pulid:
+            return (f"{enc.describe()} through Likeness ID Encoder Loader, e.g. {enc.file_hint}, and antelopev2 "
+                    "faces")
         what = "image embeds" if self.feature is Feature.IMAGE_EMBEDS else "hidden states"
         if enc is not None:
             return f"a {enc.name} image encoder ({self.input_width}-wide {what}), e.g. {enc.file_hint}"
