@@ -179,14 +179,7 @@ def face_embed_prompt(photos, id_encoder=True, pack_name=fm.PACK):
     }
     if id_encoder:
         prompt["34"]["inputs"]["id_encoder"] = ["31", 0]
-    batch = None
-    for i, photo in enumerate(photos):
-        prompt[f"photo{i}"] = {"class_type": "LoadImage", "inputs": {"image": photo}}
-        if i:
-            prompt[f"batch{i}"] = {"class_type": "ImageBatch", "inputs": {"image1": [batch, 0],
-                                                                          "image2": [f"photo{i}", 0]}}
-        batch = f"batch{i}" if i else "photo0"
-    prompt["34"]["inputs"]["image"] = [batch, 0]
+    fm.load_photos(prompt, photos, "34")
     return prompt
 
 

@@ -177,28 +177,28 @@ def load_id_encoder(eva_name: str, parsing_name: str) -> IDEncoder:
     return encoder
 
 
+def _built(path: str, build, mismatch: str):
+    """build(state dict of the file at `path`), with the file's problems as IDEncoderErrors (`mismatch` says what
+    to do when the tensors do not fit; {} takes the library's words)."""
+    try:
+        return build(checkpoint.load_state_dict(path, mmap=True))
+    except AdapterFileError as e:  # unreadable, truncated, or holding code: the message names the file
+        raise IDEncoderError(str(e).replace("this adapter", "this file")) from None
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise IDEncoderError(mismatch.replace("{}", str(e).splitlines()[0][:300])) from None
+
+
 def _load(eva_name: str, eva_file: str, parsing_name: str, parsing_file: str) -> IDEncoder:
     config = read_eva_config(eva_file)
     device = comfy.model_management.get_torch_device()
     offload = comfy.model_management.unet_offload_device()
     dtype = _working_dtype(device)
-    try:
-        eva = build_eva_clip(checkpoint.load_state_dict(eva_file, mmap=True), config).to(dtype)
-    except AdapterFileError as e:
-        raise IDEncoderError(str(e).replace("this adapter", "this encoder")) from None
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise IDEncoderError(
-            f"`{eva_name}` looks like {config.describe()} but its tensors do not fit that layout "
-            f"({str(e).splitlines()[0][:300]}). The file is damaged; download it again from {EVA_URL}.") from None
-    try:
-        state = checkpoint.load_state_dict(parsing_file)
-        parser = build_parser(state)
-    except AdapterFileError as e:
-        raise IDEncoderError(str(e).replace("this adapter", "this model")) from None
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise IDEncoderError(
-            f"`{parsing_name}` is not facexlib's BiSeNet face parsing model ({str(e).splitlines()[0][:200]}). Download "
-            f"{PARSING_FILE} from {PARSING_URL} into models/{PARSING_FOLDER}.") from None
+    eva = _built(eva_file, lambda state: build_eva_clip(state, config).to(dtype),
+                 f"`{eva_name}` looks like {config.describe()} but its tensors do not fit that layout ({{}}). The file "
+                 f"is damaged; download it again from {EVA_URL}.")
+    parser = _built(parsing_file, build_parser,
+                    f"`{parsing_name}` is not facexlib's BiSeNet face parsing model ({{}}). Download {PARSING_FILE} "
+                    f"from {PARSING_URL} into models/{PARSING_FOLDER}.")
     encoder = IDEncoder(eva_name, config, comfy.model_patcher.ModelPatcher(eva, device, offload), parsing_name,
                         comfy.model_patcher.ModelPatcher(parser, device, offload))
     log.info("Likeness: ID encoder %s", encoder.describe())
