@@ -397,3 +397,26 @@ def test_likeness_pulid_refuses_an_ip_adapter_file(tmp_path):
     with pytest.raises(errors.IncompatibleError, match="takes PuLID files.*ip-adapter_sd15.safetensors"):
         node.execute(builders.build_unet("sd15"), ip_adapter, None, None, torch.zeros(1, 64, 64, 3), 1.0, 0.0, 1.0,
                      "fidelity")
+
+
+def test_copies_are_made_when_comfyui_moves_the_patches_not_per_step(flux_adapter, monkeypatch):
+    adapter, _ = flux_adapter
+    insertion = pulid_flux.IdentityInsertion(adapter.flux_modules[:1], (("double_block", 0),),
+                                             *tokens_for(adapter).flat(), 1.0, 1.0, 0.0)
+    made = []
+    original = pulid_flux.IdentityInsertion.placed
+    monkeypatch.setattr(pulid_flux.IdentityInsertion, "placed", lambda self, *a: made.append(a) or original(self, *a))
+    replace = pulid_flux.FluxBlockInsertion(("double_block", 0), ((insertion, 0),))
+    loaded = replace.to(torch.device("cpu")).to(torch.float64)  # as ComfyUI loads: device, then the model's dtype
+    assert len(made) == 1 and loaded.placed[0].module.to_q.weight.dtype == torch.float64
+    assert replace.placed == () and loaded is not replace  # the shared object is left as it was
+    args = {"img": torch.randn(1, 6, 64, dtype=torch.float64), "txt": torch.randn(1, 3, 64, dtype=torch.float64),
+            "transformer_options": {"sigmas": torch.tensor([0.5])}}
+    for _ in range(3):
+        loaded(args, {"original_block": lambda a: {"img": a["img"], "txt": a["txt"]}})
+    assert len(made) == 1  # no copies per step
+    fp8_weights = replace.to(torch.device("cpu")).to(torch.float8_e4m3fn)  # the compute dtype shows in the forward
+    for _ in range(3):
+        fp8_weights(args, {"original_block": lambda a: {"img": a["img"], "txt": a["txt"]}})
+    assert len(made) == 2
+    assert fp8_weights.to(torch.device("cpu")).placed == ()  # an offload drops the copies

@@ -109,6 +109,7 @@ class IdentityInsertion:
         self.mask = None if mask is None else mask.detach().float().cpu()
         self.label = label
         self.keys_values = tuple(self._identity_keys_values(m, cond, uncond) for m in self.modules)
+        self._window: tuple | None = None  # (sigmas tensor, active?): one test per step, not per block
 
     def __deepcopy__(self, memo):
         return self
@@ -125,8 +126,13 @@ class IdentityInsertion:
         sigmas = options.get("sigmas")
         if sigmas is None:
             return True
+        window = self._window
+        if window is not None and window[0] is sigmas:
+            return window[1]
         s = float(sigmas.reshape(-1)[0])
-        return self.sigma_start >= s >= self.sigma_end
+        active = self.sigma_start >= s >= self.sigma_end
+        self._window = (sigmas, active)
+        return active
 
     @torch.no_grad()
     def placed(self, index: int, device, dtype) -> PlacedModule:
@@ -187,6 +193,7 @@ class FluxBlockInsertion:
         self.base = base
         self.device, self.dtype = device, dtype
         self.placed = tuple(placed)
+        self._computed: dict = {}  # copies for a compute dtype the host did not announce (fp8 weights)
 
     def __deepcopy__(self, memo):
         return self
@@ -214,7 +221,15 @@ class FluxBlockInsertion:
         if j < len(self.placed) and self.placed[j].fits(x):
             return self.placed[j]
         insertion, index = self.entries[j]
-        return insertion.placed(index, x.device, x.dtype)  # not moved by ComfyUI (a direct call, the CPU): made here
+        if self.device is None:  # never moved by the host (a direct call): made here, not kept on a shared object
+            return insertion.placed(index, x.device, x.dtype)
+        # Moved to a device whose compute dtype differs from the weights' (fp8 weights compute in bf16): made on the
+        # first step and kept by this object, which only this loaded clone holds and its offload replaces.
+        key = (j, x.device, x.dtype)
+        hit = self._computed.get(key)
+        if hit is None:
+            hit = self._computed[key] = insertion.placed(index, x.device, x.dtype)
+        return hit
 
     def __call__(self, args, extra, *more, **kwargs):
         options = args.get("transformer_options") or extra.get("transformer_options") or {}
