@@ -8,6 +8,7 @@ from .host.api import LikenessNode, io
 from . import types
 from .core.apply import build_image_prompt
 from .core.attention import EMBEDS_SCALING
+from .core.pulid import PULID_METHODS
 from .core.references import project_references
 from .core.schedules import WEIGHT_TYPES, window_problem
 from .host.encode import encode_references
@@ -15,7 +16,6 @@ from .host.lora import apply_faceid_lora
 from .host.patch import install, sigma_window
 from .host.pulid_patch import apply_pulid
 from .host.sites import find_sites
-from .core.pulid import PULID_METHODS
 
 
 def _weight_input():

@@ -379,8 +379,10 @@ def embed_faces(face_model: FaceModel, image: torch.Tensor, select: str = "large
     summary = f"{len(raws)} face(s) from {n} image(s) with {face_model.pack} on {face_model.providers_used[0]}"
     if skipped:
         summary += f"; skipped image(s) without a face: {', '.join(map(str, skipped))}"
-    summary += (f"; {crop_size} px crops encoded with {features.encoder.name}" if features is not None
-                else "; no clip_vision connected, so these references suit FaceID and Portrait but not FaceID Plus")
+    if features is not None:
+        summary += f"; {crop_size} px crops encoded with {features.encoder.name}"
+    elif parsed is None:
+        summary += "; no clip_vision connected, so these references suit FaceID and Portrait but not FaceID Plus"
     if parsed is not None:
         summary += f"; PuLID parsed-face features from `{id_encoder.eva_name}`"
     return refs, crop_image, summary
