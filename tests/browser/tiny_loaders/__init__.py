@@ -12,6 +12,19 @@ that tests/test_browser.py starts. Nothing here is part of the pack.
   The VAE decodes at latent resolution without mid-block attention and upsamples x8, for the same reason.
 * `LikenessTestTinyCLIPVision` replaces CLIPVisionLoader: a tiny CLIP vision file plus its JSON config,
   written under the official file name.
+
+For the DiT edit models (FLUX.1 / Kontext, Qwen-Image-Edit, OmniGen2), each loader of the split model files
+has a stand-in that picks the tiny model by the file name or type it is given:
+
+* `LikenessTestTinyDiffusionModel` replaces UNETLoader: "qwen" in the file name gives a tiny Qwen-Image,
+  "omnigen" a tiny OmniGen2, anything else a tiny FLUX.1 (dev-style, with guidance; Kontext is the same
+  model class). ComfyUI's own classes; like the tiny UNet they run on the latent (and on each reference
+  latent) average-pooled by 8, for the same reason.
+* `LikenessTestTinyTextEncoder` replaces CLIPLoader (type qwen_image or omnigen2) and
+  `LikenessTestTinyDualTextEncoder` replaces DualCLIPLoader (type flux): ComfyUI's text encoder classes with
+  the real tokenizers, narrowed to the tiny models' widths.
+* `LikenessTestTinyVAE` replaces VAELoader: "qwen" in the file name gives the Qwen-Image (Wan 2.1) latent
+  format, anything else the FLUX.1 one; both 16 channels and 8x smaller (see builders.PooledVAE).
 """
 
 from __future__ import annotations
@@ -159,47 +172,59 @@ class LikenessTestTinyCLIPVision:
         return (builders.load_tiny_clip_vision(folder_paths.get_full_path_or_raise("clip_vision", clip_name)),)
 
 
-# ---------------------------------------------------------------- FLUX.1, split files (minimal stand-ins)
-# Placeholders with the names and SWAPS keys of the fuller split-file stand-ins being added for the edit-model
-# workflows (issue 14); when both are merged, keep those.
+# ---------------------------------------------------------------- DiT edit models, split files
 
-@functools.lru_cache(maxsize=1)
-def tiny_flux():
-    """A private tiny FLUX.1 (4 double, 8 single blocks) that runs on the latent pooled by POOL."""
-    model = builders.build_flux.__wrapped__(seed=41)
+def _pool_spatial(t: torch.Tensor) -> torch.Tensor:
+    size = [max(1, math.ceil(d / POOL)) for d in t.shape[-2:]]
+    if t.ndim == 5:
+        return F.adaptive_avg_pool3d(t, (t.shape[2], *size))
+    return F.adaptive_avg_pool2d(t, size)
+
+
+def _unpool(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if out.ndim == 5:
+        return F.interpolate(out, size=like.shape[2:], mode="nearest")
+    return F.interpolate(out, size=like.shape[-2:], mode="nearest")
+
+
+@functools.lru_cache(maxsize=None)
+def _pooled_dit_class(base: type, entry: str, ref_position: int | None) -> type:
+    """`base` whose `entry` method (the one behind the DIFFUSION_MODEL wrappers) runs on pooled latents."""
+
+    def pooled(self, x, *args, **kwargs):
+        args = list(args)
+        if ref_position is not None and len(args) > ref_position and args[ref_position] is not None:
+            args[ref_position] = [_pool_spatial(r) for r in args[ref_position]]
+        if kwargs.get("ref_latents") is not None:
+            kwargs["ref_latents"] = [_pool_spatial(r) for r in kwargs["ref_latents"]]
+        out = getattr(super(cls, self), entry)(_pool_spatial(x), *args, **kwargs)
+        return _unpool(out, x)
+
+    cls = type(f"Pooled{base.__name__}", (base,), {entry: pooled})
+    return cls
+
+
+# entry method, and where ref_latents sits among its positional arguments after x
+_DIT_ENTRIES = {"flux": ("_forward", 4), "qwen": ("_forward", 4), "omnigen2": ("forward", None)}
+
+
+def dit_kind(unet_name: str) -> str:
+    name = unet_name.lower()
+    if "qwen" in name:
+        return "qwen"
+    if "omnigen" in name:
+        return "omnigen2"
+    return "flux"
+
+
+@functools.lru_cache(maxsize=4)
+def tiny_dit(kind: str):
+    build = {"flux": builders.build_flux, "qwen": builders.build_qwen_image, "omnigen2": builders.build_omnigen2}
+    model = build[kind].__wrapped__(seed=41)  # a private copy; the cached one stays as it is
     dit = model.model.diffusion_model
-    base = type(dit)
-
-    class PooledFlux(base):
-        def _forward(self, x, *args, **kwargs):
-            h, w = x.shape[-2:]
-            small = F.adaptive_avg_pool2d(x, (max(2, math.ceil(h / POOL)), max(2, math.ceil(w / POOL))))
-            return F.interpolate(super()._forward(small, *args, **kwargs), size=(h, w), mode="nearest")
-
-    dit.__class__ = PooledFlux
+    entry, ref_position = _DIT_ENTRIES[kind]
+    dit.__class__ = _pooled_dit_class(type(dit), entry, ref_position)
     return model
-
-
-class _TinyFluxText:
-    """A text encoder with FLUX's output shapes (T5-like context, CLIP-like pooled vector), seeded by the text."""
-
-    def tokenize(self, text, **kwargs):
-        return text
-
-    def encode_from_tokens_scheduled(self, tokens, **kwargs):
-        gen = torch.Generator().manual_seed(sum(map(ord, tokens)) % (1 << 31))
-        context = torch.randn(1, 7, builders.TINY_FLUX["context_in_dim"], generator=gen)
-        pooled = torch.randn(1, builders.TINY_FLUX["vec_in_dim"], generator=gen)
-        return [[context, {"pooled_output": pooled}]]
-
-
-class _TinyFluxVAE:
-    """Decodes a 16-channel latent by a fixed projection to RGB, upsampled x8."""
-
-    def decode(self, latent):
-        weight = torch.linspace(-0.2, 0.2, 48).reshape(3, 16)
-        rgb = torch.sigmoid(torch.einsum("bchw,oc->bohw", latent.float(), weight))
-        return F.interpolate(rgb, scale_factor=8, mode="nearest").movedim(1, -1)
 
 
 def _core_inputs(node_id: str) -> dict:
@@ -209,7 +234,7 @@ def _core_inputs(node_id: str) -> dict:
 
 
 class LikenessTestTinyDiffusionModel:
-    """Stands in for UNETLoader: the tiny FLUX.1."""
+    """Stands in for UNETLoader (see the module docstring)."""
 
     CATEGORY = "testing"
     RETURN_TYPES = ("MODEL",)
@@ -220,7 +245,32 @@ class LikenessTestTinyDiffusionModel:
         return _core_inputs("UNETLoader")
 
     def load(self, unet_name, weight_dtype="default"):
-        return (tiny_flux(),)
+        return (tiny_dit(dit_kind(unet_name)),)
+
+
+_TEXT_ENCODERS = {"qwen_image": builders.tiny_qwen_image_text_encoder,
+                  "omnigen2": builders.tiny_omnigen2_text_encoder, "flux": builders.tiny_flux_text_encoder}
+
+
+def _text_encoder(kind: str):
+    if kind not in _TEXT_ENCODERS:
+        raise ValueError(f"the tiny text encoders cover types {', '.join(_TEXT_ENCODERS)}; got {kind}")
+    return _TEXT_ENCODERS[kind]()
+
+
+class LikenessTestTinyTextEncoder:
+    """Stands in for CLIPLoader (types qwen_image and omnigen2)."""
+
+    CATEGORY = "testing"
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _core_inputs("CLIPLoader")
+
+    def load(self, clip_name, type="stable_diffusion", device="default"):
+        return (_text_encoder(type),)
 
 
 class LikenessTestTinyDualTextEncoder:
@@ -235,11 +285,11 @@ class LikenessTestTinyDualTextEncoder:
         return _core_inputs("DualCLIPLoader")
 
     def load(self, clip_name1, clip_name2, type, device="default"):
-        return (_TinyFluxText(),)
+        return (_text_encoder(type),)
 
 
 class LikenessTestTinyVAE:
-    """Stands in for VAELoader: FLUX.1's latent format."""
+    """Stands in for VAELoader: the Qwen-Image latent format for a file name with "qwen", else FLUX.1's."""
 
     CATEGORY = "testing"
     RETURN_TYPES = ("VAE",)
@@ -250,16 +300,17 @@ class LikenessTestTinyVAE:
         return {"required": {"vae_name": (folder_paths.get_filename_list("vae"),)}}
 
     def load(self, vae_name):
-        return (_TinyFluxVAE(),)
+        return (builders.tiny_qwen_vae() if "qwen" in vae_name.lower() else builders.tiny_flux_vae(),)
 
 
 # Which shipped loader each test loader replaces. Every other node of a workflow runs as shipped.
 SWAPS = {"CheckpointLoaderSimple": "LikenessTestTinyCheckpoint", "CLIPVisionLoader": "LikenessTestTinyCLIPVision",
-         "UNETLoader": "LikenessTestTinyDiffusionModel", "DualCLIPLoader": "LikenessTestTinyDualTextEncoder",
-         "VAELoader": "LikenessTestTinyVAE"}
+         "UNETLoader": "LikenessTestTinyDiffusionModel", "CLIPLoader": "LikenessTestTinyTextEncoder",
+         "DualCLIPLoader": "LikenessTestTinyDualTextEncoder", "VAELoader": "LikenessTestTinyVAE"}
 
 NODE_CLASS_MAPPINGS = {"LikenessTestTinyCheckpoint": LikenessTestTinyCheckpoint,
                        "LikenessTestTinyCLIPVision": LikenessTestTinyCLIPVision,
                        "LikenessTestTinyDiffusionModel": LikenessTestTinyDiffusionModel,
+                       "LikenessTestTinyTextEncoder": LikenessTestTinyTextEncoder,
                        "LikenessTestTinyDualTextEncoder": LikenessTestTinyDualTextEncoder,
                        "LikenessTestTinyVAE": LikenessTestTinyVAE}
