@@ -8,7 +8,8 @@ Debian's chromium), once with the classic canvas and once with the Vue node rend
 * loads every example workflow from the template route the template browser uses, and asserts no missing
   node types, no node errors, no dialogs, and no new console errors (errors already present before any
   workflow is loaded are a baseline of the bare frontend, but any error that mentions Likeness fails);
-* checks the extension's widgets: the weight chart on Likeness Apply and the adapter info on the loader;
+* checks the extension's widgets: the weight chart on Likeness Apply, the adapter info on the loader and the
+  report panel on the identity checks;
 * checks that the frontend's own UI -> API conversion (`graphToPrompt`) equals tests/test_workflows.py's;
 * queues one workflow (model loaders swapped as in test_workflows) and waits for success;
 * saves screenshots under tests/artifacts/browser/.
@@ -192,6 +193,9 @@ def test_workflows_load_and_run_in_the_browser(server, vue):
                 assert node["chart"]["layout"] in ("sd15", "sdxl") and "guessed" not in node["chart"]["text"], node
             if node["type"] == "LikenessAdapterLoader":
                 assert node["info"] and node["info"]["family"] and "needs" in node["info"]["text"], f"{where}: {node}"
+            if node["type"] in ("LikenessIdentityScore", "LikenessSubjectScore"):
+                assert node["report"] and "report appears here" in node["report"]["text"], f"{where}: {node}"
+                assert result["reportShown"] or not panels_render, f"{where}: the report panel is not visible"
     assert report["workflows"][RUN]["follows"], "the chart-follows-widgets check did not run"
     run = report["run"]
     assert run["status"] == "success", f"{report['mode']}: queued {RUN}: {run}"

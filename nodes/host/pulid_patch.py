@@ -96,4 +96,4 @@ def apply_pulid(model, adapter: Adapter, tokens, weight: float, weight_type: str
                                 attn_mask, device=comfy.model_management.get_torch_device(),
                                 zero_tokens=zero_tokens(method, adapter.detected.layout),
                                 combine=functools.partial(pulid_term, method))
-    return install(model, prompt)
+    return install(model, prompt, sites)

@@ -3,7 +3,9 @@
 //    weight, from the backend (GET /likeness/weights runs the pack's own formulas), updated as they change.
 //  * Likeness Adapter Loader: the detected variant and the encoder it needs (GET /likeness/adapter_info reads the
 //    file's header), before a run; after a run, the loader's own summary.
-// Both are DOM widgets (addDOMWidget), shown by the classic canvas and by the Vue node renderer ("Nodes 2.0") of
+//  * Likeness Identity Score and Subject Score: after a run, the report (per image: faces, who each was matched
+//    to, cosine, score, pass or fail, and why `passed` was blocked) in a scrollable panel.
+// All are DOM widgets (addDOMWidget), shown by the classic canvas and by the Vue node renderer ("Nodes 2.0") of
 // frontends that render DOM widgets there (after 1.27: Comfy-Org/ComfyUI_frontend#6006). The Vue renderer of 1.27
 // shows no DOM widgets, its text widgets never show a value set after a node appears, and its chart widget fails to
 // import chart.js, so with that renderer on 1.27 the panels stay hidden; nothing breaks.
@@ -204,11 +206,51 @@ function watch(node, refresh) {
 
 const SETUP = { LikenessApply: setupApply, LikenessAdapterLoader: setupLoader };
 
+const REPORT = "likeness_report";
+const REPORT_NODES = new Set(["LikenessIdentityScore", "LikenessSubjectScore"]);
+const REPORT_WAITING = "The report appears here after a run: per image, the faces found, who each was matched to, "
+  + "the cosine, the score, pass or fail.";
+
+function reportPanel(node) {
+  const root = addPanel(node, REPORT, "Likeness check report", 150);
+  if (!root.dataset.ready) {
+    root.dataset.ready = "1";
+    root.setAttribute("role", "log");
+    root.tabIndex = 0;
+    root.style.overflow = "auto";
+    root.style.whiteSpace = "pre-wrap";
+    root.style.userSelect = "text";
+    root.textContent = REPORT_WAITING;
+  }
+  return root;
+}
+
+function patchReport(nodeType) {
+  const onNodeCreated = nodeType.prototype.onNodeCreated;
+  nodeType.prototype.onNodeCreated = function () {
+    const result = onNodeCreated?.apply(this, arguments);
+    reportPanel(this);
+    return result;
+  };
+  const onExecuted = nodeType.prototype.onExecuted;
+  nodeType.prototype.onExecuted = function (message) {
+    const result = onExecuted?.apply(this, arguments);
+    const text = [].concat(message?.text ?? []).join("\n");
+    if (text) reportPanel(this).textContent = text;
+    return result;
+  };
+}
+
 if (!globalThis[REGISTERED]) {
   globalThis[REGISTERED] = true;
   app.registerExtension({
     name: EXTENSION,
     async beforeRegisterNodeDef(nodeType, nodeData) {
+      if (REPORT_NODES.has(nodeData?.name) && !nodeType.prototype.__likenessPatched) {
+        nodeType.prototype.__likenessPatched = true;
+        patchReport(nodeType);
+        return;
+      }
       const setup = SETUP[nodeData?.name];
       if (!setup || nodeType.prototype.__likenessPatched) return;
       nodeType.prototype.__likenessPatched = true;
