@@ -71,9 +71,10 @@ def test_each_method_at_a_site_is_the_reference_formula(sdxl_pulid, method):
     replace = patched.model_options["transformer_options"]["patches_replace"]["attn2"][site.key]
     heads = 2
     gen = torch.Generator().manual_seed(9)
-    q = torch.randn(2, 12, site.width, generator=gen)
-    k, v = torch.randn(2, 7, site.width, generator=gen), torch.randn(2, 7, site.width, generator=gen)
-    got = replace(q, k, v, {"n_heads": heads, "cond_or_uncond": [1, 0], "sigmas": torch.tensor([1.0, 1.0])})
+    # two latents per side: ComfyUI's batch is [uncond, uncond, cond, cond], two rows sharing each K/V
+    q = torch.randn(4, 12, site.width, generator=gen)
+    k, v = torch.randn(4, 7, site.width, generator=gen), torch.randn(4, 7, site.width, generator=gen)
+    got = replace(q, k, v, {"n_heads": heads, "cond_or_uncond": [1, 0], "sigmas": torch.tensor([1.0] * 4)})
 
     zeros = pulid.zero_tokens(method, adapter.detected.layout)
     v1 = adapter.detected.layout is pulid.Layout.PULID_ENCODER
@@ -83,7 +84,7 @@ def test_each_method_at_a_site_is_the_reference_formula(sdxl_pulid, method):
     w_v = state[f"id_adapter_attn_layers.{layer}.id_to_v.weight"]
     expected = torch.cat([
         reference_site(q[i:i + 1], k[i:i + 1], v[i:i + 1], t[None], w_k, w_v, heads, 0.7, *REFERENCE_FLAGS[method])
-        for i, t in enumerate((uncond, cond))])
+        for i, t in enumerate((uncond, uncond, cond, cond))])
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
