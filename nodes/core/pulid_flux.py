@@ -30,7 +30,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .attention import resize_mask, token_grid
+from .attention import ImagePrompt, resize_mask, token_grid
 from .errors import InputError
 from .pulid_encoders import PulidFluxCrossAttention
 
@@ -109,7 +109,7 @@ class IdentityInsertion:
         self.mask = None if mask is None else mask.detach().float().cpu()
         self.label = label
         self.keys_values = tuple(self._identity_keys_values(m, cond, uncond) for m in self.modules)
-        self._window: tuple | None = None  # (sigmas tensor, active?): one test per step, not per block
+        self._window: tuple | None = None  # (sigmas tensor, active?)
 
     def __deepcopy__(self, memo):
         return self
@@ -122,17 +122,8 @@ class IdentityInsertion:
         ku, vu = work.identity_keys_values(uncond.float()[None])
         return (kc[0].cpu(), ku[0].cpu()), (vc[0].cpu(), vu[0].cpu())
 
-    def is_active(self, options: Mapping) -> bool:
-        sigmas = options.get("sigmas")
-        if sigmas is None:
-            return True
-        window = self._window
-        if window is not None and window[0] is sigmas:
-            return window[1]
-        s = float(sigmas.reshape(-1)[0])
-        active = self.sigma_start >= s >= self.sigma_end
-        self._window = (sigmas, active)
-        return active
+    # The same window test as an image prompt's (sigma_start, sigma_end, _window): once per step, not per block.
+    is_active = ImagePrompt.is_active
 
     @torch.no_grad()
     def placed(self, index: int, device, dtype) -> PlacedModule:
