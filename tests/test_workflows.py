@@ -501,6 +501,10 @@ def check_run(prompt: dict, score: str):
 @pytest.mark.parametrize("name, photos", [
     ("likeness_identity_check_faceid", ["likeness_face_1.png", "likeness_face_2.png"]),
     ("likeness_subject_check_product", ["likeness_product_1.png", "likeness_product_3.png"]),
+    # The edit-model examples score against the candidates' faces; the merge would drop other people, and the test
+    # recogniser sees all 8 candidates as one person.
+    ("likeness_kontext_reference_pack", ["likeness_candidates/candidate_2.png", "likeness_candidates/candidate_5.png"]),
+    ("likeness_qwen_edit_reference_pack", ["likeness_candidates/candidate_3.png", "likeness_candidates/candidate_6.png"]),
 ])
 def test_check_workflows_save_the_images_that_pass(name, photos, workflow_models):
     """The tiny models draw no face, so above the checks block their saves. Given the reference photos instead of
@@ -510,6 +514,8 @@ def test_check_workflows_save_the_images_that_pass(name, photos, workflow_models
     feed_photos(prompt, score, photos)
     report, saved = check_run(prompt, score)
     assert saved == len(photos), report
+    if name.endswith("reference_pack"):
+        assert "Person 1 (references): 8 references" in report, report
 
 
 def test_two_people_workflow_assigns_each_face_to_its_person(workflow_models, tmp_path):

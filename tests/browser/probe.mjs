@@ -152,6 +152,18 @@ try {
       const history = await (await fetch(`/api/history/${queued.prompt_id}`)).json();
       result.outputs = history[queued.prompt_id]?.outputs ?? null;
       await new Promise((r) => setTimeout(r, 800));
+      // The text each node sent (V3 ui.PreviewText) as its panel shows it, each node brought into view in turn.
+      result.panels = [];
+      for (const node of app.graph.nodes) {
+        const panel = node.widgets?.find((w) => w.name === "likeness_report")?.element;
+        if (!panel) continue;
+        app.canvas.ds.scale = 1; // the Vue renderer hides DOM widgets at 80% zoom and below
+        app.canvas.centerOnNode(node);
+        app.canvas.setDirty(true, true);
+        await new Promise((r) => setTimeout(r, 600));
+        result.panels.push({ id: String(node.id), type: node.type, text: panel.textContent,
+          shown: !!panel.isConnected && panel.getClientRects().length > 0 });
+      }
       return result;
     }, { module: MODULE, name: RUN, swaps: SWAPS });
     report.run.errors = errors.splice(0);
