@@ -3,7 +3,7 @@ FaceID LoRA and face model pack found, what each is, and which presets work for 
 
     python -m nodes.doctor --comfyui /path/to/ComfyUI [--extra-model-paths-config FILE]
 
-run from the pack folder.
+run from the pack folder. Every file listed is read (headers, ONNX graphs), and broken ones are marked broken.
 """
 
 from __future__ import annotations
@@ -21,19 +21,25 @@ def report(prompt: dict | None = None) -> str:
     from .host import catalog
 
     adapters, encoders, loras = catalog.adapters(), catalog.encoders(), catalog.faceid_loras()
-    packs = catalog.face_packs()
+    packs = catalog.face_pack_entries()
     lines = ["Likeness model doctor", "", "Adapters (models/ipadapter, models/pulid):"]
     lines += [f"  {e.name}: {e.describe()}" for e in adapters] or ["  (none)"]
     lines += ["", "Image encoders (models/clip_vision):"]
     lines += [f"  {e.name}: {e.describe()}" for e in encoders] or ["  (none)"]
-    lines += ["", "FaceID LoRAs (models/loras):"] + ([f"  {e.name}" for e in loras] or ["  (none)"])
-    lines += ["", "Face model packs (models/insightface/models):"] + ([f"  {p}" for p in packs] or ["  (none)"])
+    lines += ["", "FaceID LoRAs (models/loras):"] + ([f"  {e.name}: {e.describe()}" for e in loras] or ["  (none)"])
+    lines += ["", "Face model packs (models/insightface/models):"]
+    lines += [f"  {e.name}: {e.describe()}" for e in packs] or ["  (none)"]
+    broken = [e.name for group in (adapters, encoders, loras, packs) for e in group if e.problem]
+    if broken:
+        lines += ["", f"Broken or unreadable ({len(broken)}), not counted below: {', '.join(broken)}"]
     rows = availability([(e.name, e.found) for e in adapters if isinstance(e.found, Detected)],
-                        [e.found for e in encoders if isinstance(e.found, Encoder)], [e.name for e in loras], packs)
+                        [e.found for e in encoders if isinstance(e.found, Encoder)],
+                        [e.name for e in loras if e.usable], [e.name for e in packs if e.usable])
     for family in ("SD1.5", "SDXL"):
         lines += ["", f"Presets for {family}:"]
         lines += [f"  {'OK ' if r.usable else '-- '} {r.preset:<24} {r.detail}" for r in rows if r.family == family]
-    lines += ["", "PuLID:"] + pulid_lines(adapters, encoders, catalog.face_parsing_files(), packs)
+    lines += ["", "PuLID:"] + pulid_lines(adapters, encoders, catalog.face_parsing_files(),
+                                              [e.name for e in packs if e.usable])
     lines += [""] + edit_models_section(prompt)
     lines += ["", "Folders searched:"]
     for folder in ("ipadapter", "pulid", "clip_vision", "loras", "insightface", "facexlib"):
@@ -66,12 +72,26 @@ def pulid_lines(adapters, encoders, parsing_files, packs) -> list[str]:
     return lines
 
 
+CONFIG_FILES = ("extra_paths.yaml", "extra_model_paths.yaml")
+
+
+def default_config(comfy_root: str) -> str | None:
+    """The model-paths config ComfyUI reads from its own folder: `extra_paths.yaml` when present, else
+    `extra_model_paths.yaml` (current ComfyUI ignores the latter when both exist)."""
+    for name in CONFIG_FILES:
+        path = os.path.join(comfy_root, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nodes.doctor", description=__doc__.split("\n\n")[0])
     parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH", os.path.expanduser("~/ComfyUI")),
                         help="the ComfyUI folder (default: $COMFYUI_PATH or ~/ComfyUI)")
     parser.add_argument("--extra-model-paths-config", action="append", default=[],
-                        help="extra_model_paths.yaml files to read besides the one in the ComfyUI folder")
+                        help="model-paths config files to read besides the one in the ComfyUI folder (its "
+                             "extra_paths.yaml, else its extra_model_paths.yaml)")
     args = parser.parse_args(argv)
     comfy_root = os.path.abspath(args.comfyui)
     if not os.path.isfile(os.path.join(comfy_root, "folder_paths.py")):
@@ -84,8 +104,8 @@ def main(argv=None) -> int:
     import folder_paths
     from utils.extra_config import load_extra_path_config
 
-    for yaml_path in [os.path.join(comfy_root, "extra_model_paths.yaml"), *args.extra_model_paths_config]:
-        if os.path.isfile(yaml_path):
+    for yaml_path in [default_config(comfy_root), *args.extra_model_paths_config]:
+        if yaml_path and os.path.isfile(yaml_path):
             load_extra_path_config(yaml_path)
     from .host import folders
 

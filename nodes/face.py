@@ -60,8 +60,9 @@ class LikenessFaceEmbed(LikenessNode):
                         "v2, id_encoder for PuLID.",
             inputs=[
                 FaceModel.Input("face_model", tooltip="From Likeness Face Model Loader."),
-                io.Image.Input("image", tooltip="One or more photos of the person; each photo gives one reference. "
-                                                "FaceID Portrait is made for several photos of the same person."),
+                io.Image.Input("image", tooltip="One or more photos of the person (at most 256); each photo gives one "
+                                                "reference. FaceID Portrait is made for several photos of the same "
+                                                "person."),
                 io.Combo.Input("select", options=list(SELECT_MODES), default="largest",
                                tooltip="Which face to take when a photo has several, counted from `index`: the "
                                        "largest first, from the left, from the right, from the top, or the most "

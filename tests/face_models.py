@@ -321,3 +321,16 @@ def tiny_faceid_state(layout: str, widths: list[int], context: int = 64, clip_wi
         if "_lora." in k:
             state[k] = state[k] * 0.2
     return state
+
+
+def poison(path: str, value: float = float("nan")) -> str:
+    """Overwrite every float initializer of the ONNX file at `path` with `value` (a damaged download whose
+    weights hold NaN or inf); the graph itself stays valid."""
+    onnx, _TensorProto, _helper, numpy_helper = _helpers()
+    model = onnx.load(path)
+    for i, init in enumerate(model.graph.initializer):
+        array = numpy_helper.to_array(init)
+        if array.dtype.kind == "f" and array.size:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.full_like(array, value), init.name))
+    onnx.save(model, path)
+    return path

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import IncompatibleError, InputError
-from .references import References
+from .references import References, check_reference_count
 
 MERGE_MODES = ("concat", "average", "weighted average", "norm average", "subtract", "max", "min")
 FRACTIONAL_WEIGHT_MODES = ("weighted average", "norm average", "subtract")
@@ -127,6 +127,7 @@ def gather(inputs: Sequence[tuple[str, References]]) -> Gathered:
     for name, refs in inputs[1:]:
         _check_same_kind(first_name, first, name, refs)
     counts = tuple((name, refs.count) for name, refs in inputs)
+    check_reference_count(sum(c for _, c in counts), "merging " + ", ".join(f"{name} ({c})" for name, c in counts))
     if len(inputs) == 1:
         return Gathered(first, counts)
     image = face = parsed = None

@@ -12,6 +12,26 @@ from .errors import IncompatibleError, InputError
 from .variants import Feature, encoder_by_widths
 
 
+# The most references one set holds. Each keeps its encoder features in memory (about 1.3 MB for ViT-H hidden
+# states) and, merged with concat, its tokens in every attention call; far more photos than any identity needs.
+MAX_REFERENCES = 256
+
+
+def reference_count_problem(count: int, what: str) -> str | None:
+    """A message when `count` references (from `what`) are more than one set may hold, else None."""
+    if count <= MAX_REFERENCES:
+        return None
+    return (f"{what} gives {count} references; a reference set holds at most {MAX_REFERENCES}. Use fewer images "
+            "(several photos of one subject from different angles are enough), or merge smaller sets with an "
+            "averaging mode of Likeness Merge References.")
+
+
+def check_reference_count(count: int, what: str) -> None:
+    problem = reference_count_problem(count, what)
+    if problem:
+        raise InputError(problem)
+
+
 @dataclass(frozen=True, eq=False)
 class EncoderInfo:
     """What encoder made a set of references."""
@@ -93,6 +113,7 @@ class References:
             counts = ", ".join(f"{name} {p.count}" for name, p in (("face identities", self.face), ("face crop "
                                "features", self.image), ("parsed face features", self.parsed_face)) if p is not None)
             raise InputError(f"the parts of these references do not describe the same faces ({counts}).")
+        check_reference_count(parts[0].count, "this reference set")
 
     def __deepcopy__(self, memo):
         return self

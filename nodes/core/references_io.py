@@ -22,8 +22,10 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import all_finite, not_a_model
 from .errors import ReferencesFileError
-from .references import EncoderInfo, FaceIdentity, ImageFeatures, ParsedFaceFeatures, References
+from .references import (MAX_REFERENCES, EncoderInfo, FaceIdentity, ImageFeatures, ParsedFaceFeatures, References,
+                         reference_count_problem)
 
 FORMAT = "likeness.references"
 FORMAT_VERSION = 1
@@ -73,10 +75,17 @@ def save_references(refs: References, path: str) -> str:
     import safetensors.torch
 
     tensors, meta = to_tensors_and_metadata(refs)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".partial"
-    safetensors.torch.save_file(tensors, tmp, metadata=meta)
-    os.replace(tmp, path)  # a crash mid-write never leaves a half file under the real name
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        safetensors.torch.save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)  # a crash mid-write never leaves a half file under the real name
+    except Exception as e:  # disk full, no permission, a name the file system refuses: say which file
+        if os.path.isfile(tmp):
+            os.remove(tmp)
+        raise ReferencesFileError(f"`{os.path.basename(path)}` could not be written to {os.path.dirname(path)} "
+                                  f"({type(e).__name__}: {e}). Check that the folder is writable and the disk has "
+                                  "room.") from None
     return path
 
 
@@ -113,8 +122,17 @@ def _check_shape(name: str, key: str, tensor: torch.Tensor, expected: tuple[int,
     if not tensor.is_floating_point():
         raise ReferencesFileError(f"`{name}` is damaged: tensor `{key}` holds {tensor.dtype}, not floating point "
                                   "numbers.")
-    if not torch.isfinite(tensor).all():
-        raise ReferencesFileError(f"`{name}` is damaged: tensor `{key}` contains NaN or infinite values.")
+    if not all_finite(tensor):
+        raise ReferencesFileError(f"`{name}` is damaged: tensor `{key}` contains NaN or infinite values. Save the "
+                                  "references again from their images.")
+
+
+def _check_sizes_before_reading(name: str, shapes: dict[str, list[int]]) -> None:
+    """Refuse a file whose tensors hold more references than a set may, before their data is read."""
+    for key, shape in shapes.items():
+        if shape and shape[0] > MAX_REFERENCES:
+            raise ReferencesFileError(f"`{name}`: tensor `{key}` holds {shape[0]} references; a reference set holds "
+                                      f"at most {MAX_REFERENCES}. Save smaller sets.")
 
 
 def from_tensors_and_metadata(tensors: dict[str, torch.Tensor], meta: dict | None, name: str) -> References:
@@ -145,6 +163,9 @@ def from_tensors_and_metadata(tensors: dict[str, torch.Tensor], meta: dict | Non
     count = _int(meta, "count", name)
     if count == 0:
         raise ReferencesFileError(f"`{name}` holds no references (count 0).")
+    too_many = reference_count_problem(count, f"`{name}`")
+    if too_many:
+        raise ReferencesFileError(too_many)
     image = face = None
     if "image" in parts:
         hidden, embed = _int(meta, "image.hidden_width", name), _int(meta, "image.embed_width", name)
@@ -189,11 +210,18 @@ def load_references(path: str) -> References:
         raise ReferencesFileError(f"`{name}` is not a .safetensors file; Likeness reads and writes references only "
                                   "as .safetensors (never pickle).")
     try:
+        problem = not_a_model(path, "a references file")
+    except OSError:
+        problem = None  # reported below with the library's own reading
+    if problem:
+        raise ReferencesFileError(problem)
+    try:
         with safetensors.safe_open(path, framework="pt", device="cpu") as f:
             meta = f.metadata()
             keys = list(f.keys())
             if not meta or meta.get("format") != FORMAT:
                 raise _foreign(name, meta, keys)
+            _check_sizes_before_reading(name, {k: f.get_slice(k).get_shape() for k in keys})
             tensors = {k: f.get_tensor(k) for k in keys}
     except ReferencesFileError:
         raise

@@ -28,7 +28,7 @@ from ..core.errors import InputError
 from ..core.face import (ON_NO_FACE, DetectedFace, FaceModelError, NoFaceError, align_face, choose_face,
                          crops_to_image, normalise, to_bgr_uint8)
 from ..core.face_parsing import align_ffhq
-from ..core.references import FaceIdentity, References
+from ..core.references import FaceIdentity, References, check_reference_count
 from . import folders
 from .encode import encode_references
 
@@ -249,6 +249,8 @@ class FaceModel:
                     raise FaceModelError(
                         f"the detector {os.path.basename(self.detector_file)} of pack `{self.pack}` gives no facial "
                         "keypoints, which alignment needs. Use a keypoint detector such as det_10g.onnx (buffalo_l).")
+                if not (np.isfinite(bboxes).all() and np.isfinite(kpss).all()):
+                    raise self.damaged(self.detector_file, "face boxes or keypoints")
                 if size != DETECTION_SIZE:
                     log.info("Likeness: no face at %d px; found %d at %d px", DETECTION_SIZE, len(bboxes), size)
                 return [DetectedFace(b[:4].copy(), k.copy(), float(b[4])) for b, k in zip(bboxes, kpss)], size
@@ -257,11 +259,35 @@ class FaceModel:
     def embed(self, bgr: np.ndarray, kps: np.ndarray) -> np.ndarray:
         """The raw identity embedding of one face, from its own recogniser-sized crop (as insightface does it)."""
         crop = align_face(bgr, kps, self.recogniser_size)
-        return self.recogniser.get_feat(crop).reshape(-1)
+        embedding = self.recogniser.get_feat(crop).reshape(-1)
+        if not np.isfinite(embedding).all():
+            raise self.damaged(self.recogniser_file, "identity embeddings")
+        return embedding
+
+    def detector_is_damaged(self) -> bool:
+        """Whether the detector gives NaN or infinite outputs, which it reports as "no face" (every score fails the
+        threshold). Run on a seeded input, and only when a photo showed no face, so a working pack never pays."""
+        session = self.detector.session
+        first = session.get_inputs()[0]
+        shape = [d if isinstance(d, int) and d > 0 else (1 if i == 0 else DETECTION_SIZE)
+                 for i, d in enumerate(first.shape)]
+        probe = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        return not all(np.isfinite(np.asarray(out)).all() for out in session.run(None, {first.name: probe}))
+
+    def damaged(self, path: str, what: str) -> FaceModelError:
+        return FaceModelError(
+            f"`{os.path.basename(path)}` of face model pack `{self.pack}` gives NaN or infinite {what}: the file is "
+            f"damaged. Download the pack again ({self.directory}).")
 
 
 _cache: "weakref.WeakValueDictionary[tuple, FaceModel]" = weakref.WeakValueDictionary()
 _cache_lock = threading.Lock()
+
+
+def pack_files(pack: str) -> tuple[str, list[str]]:
+    """The folder of a listed pack and its .onnx files (FaceModelError when it is missing or empty)."""
+    folder = find_pack(pack)
+    return folder, _onnx_files(folder)
 
 
 def pack_fingerprint(pack: str) -> tuple:
@@ -344,6 +370,7 @@ def embed_faces(face_model: FaceModel, image: torch.Tensor, select: str = "large
         raise InputError(f"image should be a non-empty IMAGE batch [batch, height, width, channels]; got shape "
                          f"{tuple(image.shape)}.")
     n = image.shape[0]
+    check_reference_count(n, "the image batch")
     raws, crops, skipped, ffhq = [], [], [], []
     bar = comfy.utils.ProgressBar(n if id_encoder is None else 2 * n)
     for i in range(n):
@@ -351,6 +378,8 @@ def embed_faces(face_model: FaceModel, image: torch.Tensor, select: str = "large
         faces, _ = face_model.detect(bgr)
         face = choose_face(faces, select, index)
         if face is None:
+            if not faces and face_model.detector_is_damaged():
+                raise face_model.damaged(face_model.detector_file, "detections")
             message = _no_face_message(i, bgr, faces, select, index, face_model.dynamic_detector)
             if on_no_face == "error":
                 raise NoFaceError(message)
