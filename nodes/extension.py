@@ -18,6 +18,7 @@ from .face import LikenessFaceEmbed, LikenessFaceModelLoader  # noqa: E402
 from .loaders import LikenessAdapterLoader  # noqa: E402
 from .merge import LikenessMergeReferences  # noqa: E402
 from .project import LikenessProject  # noqa: E402
+from .pulid import LikenessIDEncoderLoader, LikenessPuLID  # noqa: E402
 from .references_io import LikenessLoadReferences, LikenessSaveReferences  # noqa: E402
 from .unified import LikenessModelDoctor, LikenessUnifiedLoader  # noqa: E402
 
@@ -26,7 +27,7 @@ NODES = [
     LikenessApply, LikenessApplySimple, LikenessFaceModelLoader, LikenessFaceEmbed, LikenessMergeReferences,
     LikenessSaveReferences, LikenessLoadReferences,
     LikenessReferencePack, LikenessReferenceLatents, LikenessQwenEditEncode,
-    LikenessIdentityScore, LikenessSubjectScore,
+    LikenessIdentityScore, LikenessSubjectScore, LikenessIDEncoderLoader, LikenessPuLID,
 ]
 
 

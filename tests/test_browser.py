@@ -67,7 +67,7 @@ def server(workflow_models, tmp_path_factory, request):
     if missing:
         pytest.fail("the browser test needs: " + "; ".join(missing) + ". .ci/run installs them.", pytrace=False)
     folders = {k: workflow_models / k for k in ("ipadapter", "clip_vision", "checkpoints", "loras", "insightface",
-                                                *dict.fromkeys(tw.SPLIT_FILE_FOLDERS.values()))}
+                                                "facexlib", *dict.fromkeys(tw.SPLIT_FILE_FOLDERS.values()))}
     # the same server with a newer frontend build (ComfyUI's --front-end-root)
     extra = [] if request.param == "pinned" else ["--front-end-root", str(NEWER_FRONTEND_ROOT)]
     artifacts = ARTIFACTS / f"frontend-{request.param}"
