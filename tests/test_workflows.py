@@ -298,8 +298,8 @@ def workflow_models(models_dir, tmp_path_factory):
     workflows = [_load(p) for p in WORKFLOWS]
     extra = tmp_path_factory.mktemp("workflow_models")
     stack = contextlib.ExitStack()  # every folder registered here comes first, and is unregistered after the module
-    for folder in dict.fromkeys(("ipadapter", "clip_vision", "checkpoints", "loras", "insightface", "facexlib",
-                                 *SPLIT_FILE_FOLDERS.values())):
+    for folder in dict.fromkeys(("ipadapter", "pulid", "clip_vision", "checkpoints", "loras", "insightface",
+                                 "facexlib", *SPLIT_FILE_FOLDERS.values())):
         (extra / folder).mkdir()
         stack.enter_context(face_models.model_folder(folder, str(extra / folder), first=True))
     for name in _file_widgets(workflows, "CLIPVisionLoader", "clip_name"):
@@ -307,7 +307,8 @@ def workflow_models(models_dir, tmp_path_factory):
         builders.write_tiny_clip_vision(str(extra / "clip_vision"), Path(name).stem, seed=hidden,
                                         **TINY_ENCODERS[hidden])
     for name in _file_widgets(workflows, "LikenessAdapterLoader", "adapter_name"):
-        write_tiny_adapter(extra / "ipadapter", name)
+        # where users keep them, so the frontend's missing-model check finds each file in the folder it names
+        write_tiny_adapter(extra / ("pulid" if name.startswith("pulid") else "ipadapter"), name)
     for name in _file_widgets(workflows, "CheckpointLoaderSimple", "ckpt_name"):
         (extra / "checkpoints" / name).write_bytes(b"")  # listed for the combo; the tiny loader builds the model
     for (class_type, widget), folder in SPLIT_FILE_FOLDERS.items():
