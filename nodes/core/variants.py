@@ -278,7 +278,7 @@ class Detected:
         if self.pulid:
             if (self.vit_width, self.eva_embed_width) == (EVA_CLIP.hidden_width, EVA_CLIP.embed_width):
                 return EVA_CLIP
-            return Encoder(f"an EVA-CLIP encoder", self.vit_width, self.eva_embed_width, EVA_CLIP.file_hint)
+            return Encoder("an EVA-CLIP encoder", self.vit_width, self.eva_embed_width, EVA_CLIP.file_hint)
         if self.variant is not None and self.variant.encoder:
             return encoder_named(self.variant.encoder)
         if self.feature is Feature.IMAGE_EMBEDS:
