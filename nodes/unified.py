@@ -11,13 +11,14 @@ from .host.api import LikenessNode, io, ui
 from . import types
 from .core.errors import IncompatibleError
 from .core.presets import PRESETS, MissingModelError, choice_for, missing_message, rank_adapters
-from .core.variants import Detected, Encoder, family_name
+from .core.variants import KOLORS, Detected, Encoder
 from .doctor import report
 from .face import pack_options
 from .host import catalog, folders
 from .host.face import load_face_model
 from .host.lora import apply_faceid_lora
-from .host.sites import find_sites
+from .host.face import PROVIDER_CHOICES
+from .host.sites import base_model, find_sites
 from .loaders import cached_adapter
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,8 @@ def model_family(model) -> str:
     if not sites:
         raise IncompatibleError("the MODEL has no UNet cross-attention sites: the unified loader serves SD1.5 and "
                                 "SDXL models (and their fine-tunes).")
-    family = family_name(sites[0].context_width, len(sites))
-    if family not in ("SD1.5", "SDXL"):
+    family = base_model(model, sites)
+    if family not in ("SD1.5", "SDXL", KOLORS):
         raise IncompatibleError(f"the MODEL is {family}; the unified loader's presets are for SD1.5 and SDXL. Use "
                                 "Likeness Adapter Loader with a matching adapter instead.")
     return family
@@ -51,8 +52,7 @@ def choose_adapter(preset: str, family: str) -> catalog.Entry:
 
 def choose_encoder(needed: Encoder) -> catalog.Entry:
     entries = catalog.encoders()
-    fitting = [e for e in entries if isinstance(e.found, Encoder) and e.found.hidden_width == needed.hidden_width
-               and e.found.embed_width == needed.embed_width]
+    fitting = [e for e in entries if isinstance(e.found, Encoder) and e.found.same_as(needed)]
     if not fitting:
         found = [f"{e.name} ({e.describe()})" for e in entries]
         raise MissingModelError(missing_message(f"A {needed.name} image encoder", needed.file_hint,
@@ -88,13 +88,17 @@ class LikenessUnifiedLoader(LikenessNode):
                 io.Model.Input("model", tooltip="Your SD1.5 or SDXL model; its family decides which files fit."),
                 io.Combo.Input("preset", options=list(PRESETS), default="STANDARD",
                                tooltip="LIGHT/STANDARD: gentle; PLUS: strong; PLUS FACE/FULL FACE: portraits; "
-                                       "FACEID*: identity from a face photo (needs insightface)."),
+                                       "FACEID*: identity from a face photo (needs insightface); KOLORS: a Kolors "
+                                       "model (from a Kolors loader pack)."),
                 io.Float.Input("faceid_lora_strength", default=0.6, min=0.0, max=2.0, step=0.05,
                                tooltip="FaceID presets: strength of the LoRA trained with the adapter, applied to "
                                        "the returned MODEL. 0.6 keeps the base model's style; 1.0 is the "
                                        "reference setting."),
                 io.Combo.Input("face_model_pack", options=pack_options(), default="buffalo_l",
                                tooltip="FaceID presets: the insightface pack in models/insightface/models/."),
+                io.Combo.Input("provider", options=list(PROVIDER_CHOICES), default="auto", optional=True,
+                               tooltip="FaceID presets: where onnxruntime runs the face models. auto: the GPU "
+                                       "ComfyUI uses when this onnxruntime build supports it, else the CPU."),
             ],
             outputs=[io.Model.Output(display_name="model"), types.Adapter.Output(display_name="adapter"),
                      io.ClipVision.Output(display_name="clip_vision"),
@@ -102,7 +106,7 @@ class LikenessUnifiedLoader(LikenessNode):
         )
 
     @classmethod
-    def execute(cls, model, preset, faceid_lora_strength, face_model_pack) -> io.NodeOutput:
+    def execute(cls, model, preset, faceid_lora_strength, face_model_pack, provider="auto") -> io.NodeOutput:
         family = model_family(model)
         choice = choice_for(preset, family)
         entry = choose_adapter(preset, family)
@@ -112,12 +116,12 @@ class LikenessUnifiedLoader(LikenessNode):
         clip_vision = load_clip_vision(clip_entry) if clip_entry else None
         face_model = None
         if choice.face:
-            face_model = load_face_model(face_model_pack, "auto")
+            face_model = load_face_model(face_model_pack, provider)
             model = apply_faceid_lora(model, adapter, faceid_lora_strength)
         text = f"{preset} on {family}: adapter `{entry.name}`" + (f", encoder `{clip_entry.name}`" if clip_entry
                                                                    else "")
         if face_model is not None:
-            text += f", face model {face_model_pack}"
+            text += f", face model {face_model_pack} on {' + '.join(face_model.providers_used)}"
         log.info("Likeness: %s", text)
         return io.NodeOutput(model, adapter, clip_vision, face_model, ui=ui.PreviewText(text))
 

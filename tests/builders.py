@@ -199,6 +199,10 @@ def official_shapes(name: str) -> dict:
         "ip-adapter-faceid-plusv2_sdxl.bin": (faceid_plus_shapes(2048), sdxl, True),
         "ip-adapter-faceid-portrait_sdxl.bin": (faceid_mlp_shapes(2048, 16), sdxl),
         "ip-adapter-faceid-portrait_sdxl_unnorm.bin": (resampler_shapes(1280, 20, 16, 512, 2048), sdxl),
+        # Kwai-Kolors: a 2048-wide resampler with 12 heads over ViT-L/14-336 hidden states; FaceID Plus making
+        # 6 tokens 4096 wide (the ChatGLM space) whose K/V weights read the UNet's 2048-wide projection of them
+        "Kolors-IP-Adapter-Plus.bin": (resampler_shapes(2048, 12, 16, 1024, 2048), sdxl),
+        "Kolors-IP-Adapter-FaceID-Plus.bin": (faceid_plus_shapes(4096, clip=1024, t=6), sdxl),
     }
     proj, (widths, c), *lora = table[name]
     out = {"image_proj." + k: v for k, v in proj.items()}
@@ -218,6 +222,7 @@ OFFICIAL_FILES = [
     "ip-adapter-faceid-plusv2_sdxl.bin", "ip-adapter-faceid-portrait_sdxl.bin",
     "ip-adapter-faceid-portrait_sdxl_unnorm.bin",
 ]
+KOLORS_FILES = ["Kolors-IP-Adapter-Plus.bin", "Kolors-IP-Adapter-FaceID-Plus.bin"]
 
 
 # ---------------------------------------------------------------- PuLID checkpoints (ToTheBeginning/PuLID layouts)

@@ -98,6 +98,13 @@ try {
         w("weight").value = 0.5;
         await new Promise((r) => setTimeout(r, 1500));
         follows = { active: chart.dataset.active, text: chart.textContent.split("output").pop() };
+        // layer_weights replaces the weight type's spread: two transformers, at 0.5 x 1 and 0.5 x 2.
+        const layersBefore = w("layer_weights").value;
+        w("weight_type").value = "linear";
+        w("layer_weights").value = "0:1, 3:2";
+        await new Promise((r) => setTimeout(r, 1500));
+        follows.layers = { active: chart.dataset.active, text: chart.textContent.split("output").pop() };
+        w("layer_weights").value = layersBefore;
         [w("weight_type").value, w("weight").value] = before;
         await new Promise((r) => setTimeout(r, 1000));
       }
