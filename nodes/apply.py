@@ -8,12 +8,14 @@ from .host.api import LikenessNode, io
 from . import types
 from .core.apply import build_image_prompt
 from .core.attention import EMBEDS_SCALING
+from .core.pulid import PULID_METHODS
 from .core.references import project_references
 from .core.schedules import WEIGHT_TYPES, Boosts, parse_layer_weights, window_problem
 from .core.validation import parse_problem
 from .host.encode import encode_references
 from .host.lora import apply_faceid_lora
 from .host.patch import install, sigma_window
+from .host.pulid_patch import apply_pulid
 from .host.sites import base_model, find_sites, text_projection
 
 
@@ -37,7 +39,12 @@ def _window_inputs():
 
 def apply_tokens(model, adapter, tokens, weight, weight_type="linear", start_at=0.0, end_at=1.0,
                  embeds_scaling="V only", attn_mask=None, faceid_lora_strength=1.0, style_boost=1.0,
-                 composition_boost=0.0, layer_weights="", weight_kolors=1.0, unfold_batch=False):
+                 composition_boost=0.0, layer_weights="", weight_kolors=1.0, unfold_batch=False,
+                 pulid_method="fidelity"):
+    if adapter.detected.pulid:
+        return apply_pulid(model, adapter, tokens, weight, weight_type, start_at, end_at, embeds_scaling, attn_mask,
+                           pulid_method, unfold_batch=unfold_batch, layer_weights=layer_weights,
+                           boosts=Boosts(style_boost=style_boost, composition_boost=composition_boost))
     sites = find_sites(model)
     sigma_start, sigma_end = sigma_window(model, start_at, end_at)
     projection = text_projection(model) if sites else None
@@ -106,6 +113,12 @@ class LikenessApply(LikenessNode):
                 io.Float.Input("weight_kolors", default=1.0, min=-1.0, max=5.0, step=0.05, optional=True,
                                tooltip="Kolors FaceID Plus only: scales the Kolors UNet's text projection that "
                                        "maps the face tokens into the attention (1.0 as trained)."),
+                io.Combo.Input("pulid_method", options=list(PULID_METHODS), default="fidelity", optional=True,
+                               tooltip="PuLID for SDXL only: how the identity joins the text at each layer. fidelity "
+                                       "(the reference default) removes the part that repeats the text, less where "
+                                       "the identity draws attention; style removes all of it, for stronger "
+                                       "stylisation; neutral adds the identity as is. Each also appends the zero "
+                                       "tokens the reference uses with it. PuLID-FLUX has one way and ignores it."),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )
@@ -117,10 +130,11 @@ class LikenessApply(LikenessNode):
     @classmethod
     def execute(cls, model, adapter, tokens, weight, weight_type, start_at, end_at, embeds_scaling,
                 attn_mask=None, faceid_lora_strength=1.0, style_boost=1.0, composition_boost=0.0, layer_weights="",
-                unfold_batch=False, weight_kolors=1.0) -> io.NodeOutput:
+                unfold_batch=False, weight_kolors=1.0, pulid_method="fidelity") -> io.NodeOutput:
         return io.NodeOutput(apply_tokens(model, adapter, tokens, weight, weight_type, start_at, end_at,
                                           embeds_scaling, attn_mask, faceid_lora_strength, style_boost,
-                                          composition_boost, layer_weights or "", weight_kolors, unfold_batch))
+                                          composition_boost, layer_weights or "", weight_kolors, unfold_batch,
+                                          pulid_method))
 
 
 class LikenessApplySimple(LikenessNode):

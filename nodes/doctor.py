@@ -22,7 +22,7 @@ def report(prompt: dict | None = None) -> str:
 
     adapters, encoders, loras = catalog.adapters(), catalog.encoders(), catalog.faceid_loras()
     packs = catalog.face_pack_entries()
-    lines = ["Likeness model doctor", "", "Adapters (models/ipadapter):"]
+    lines = ["Likeness model doctor", "", "Adapters (models/ipadapter, models/pulid):"]
     lines += [f"  {e.name}: {e.describe()}" for e in adapters] or ["  (none)"]
     lines += ["", "Image encoders (models/clip_vision):"]
     lines += [f"  {e.name}: {e.describe()}" for e in encoders] or ["  (none)"]
@@ -39,11 +39,38 @@ def report(prompt: dict | None = None) -> str:
         lines += ["", f"Presets for {family}:" + (" (a Kolors MODEL comes from a Kolors loader pack)"
                                                   if family == "Kolors" else "")]
         lines += [f"  {'OK ' if r.usable else '-- '} {r.preset:<24} {r.detail}" for r in rows if r.family == family]
+    lines += ["", "PuLID:"] + pulid_lines(adapters, encoders, catalog.face_parsing_files(),
+                                              [e.name for e in packs if e.usable])
     lines += [""] + edit_models_section(prompt)
     lines += ["", "Folders searched:"]
-    for folder in ("ipadapter", "clip_vision", "loras", "insightface"):
+    for folder in ("ipadapter", "pulid", "clip_vision", "loras", "insightface", "facexlib"):
         lines.append(f"  {folder}: {'; '.join(catalog.searched(folder)) or '(not registered)'}")
     return "\n".join(lines)
+
+
+def pulid_lines(adapters, encoders, parsing_files, packs) -> list[str]:
+    """What PuLID needs, what was found and what to download (the same files the nodes' errors name)."""
+    from .core.eva_clip import EvaConfig
+    from .core.variants import FLUX, Detected
+    from .host.id_encoder import EVA_FILE, EVA_URL, PARSING_FILE, PARSING_URL
+
+    files = [e for e in adapters if isinstance(e.found, Detected) and e.found.pulid]
+    sdxl = [e.name for e in files if e.found.family != FLUX]
+    flux = [e.name for e in files if e.found.family == FLUX]
+    eva = [e.name for e in encoders if isinstance(e.found, EvaConfig)]
+    none = "none (%s from guozinan/PuLID on Hugging Face -> models/pulid)"
+    lines = [f"  PuLID for SDXL: {', '.join(sdxl) or none % 'pulid_v1.1.safetensors'}",
+             f"  PuLID-FLUX: {', '.join(flux) or none % 'pulid_flux_v0.9.1.safetensors'}"]
+    lines.append(f"  EVA-CLIP: {', '.join(eva)}" if eva else f"  EVA-CLIP: missing: {EVA_FILE} ({EVA_URL}) -> "
+                                                             "models/clip_vision")
+    lines.append(f"  face parsing: {', '.join(parsing_files)}" if parsing_files else
+                 f"  face parsing: missing: {PARSING_FILE} ({PARSING_URL}) -> models/facexlib")
+    lines.append("  face model: antelopev2" if "antelopev2" in packs else
+                 "  face model: missing: antelopev2 face model pack -> models/insightface/models/antelopev2/*.onnx")
+    missing = not eva or not parsing_files or "antelopev2" not in packs or not files
+    lines.append("  OK  every file PuLID needs is there" if not missing else
+                 "  --  PuLID is not ready: download what is missing above")
+    return lines
 
 
 CONFIG_FILES = ("extra_paths.yaml", "extra_model_paths.yaml")

@@ -20,6 +20,7 @@ from .images import LikenessNoiseImage, LikenessPrepImage  # noqa: E402
 from .loaders import LikenessAdapterLoader  # noqa: E402
 from .merge import LikenessMergeReferences  # noqa: E402
 from .project import LikenessProject  # noqa: E402
+from .pulid import LikenessIDEncoderLoader, LikenessPuLID  # noqa: E402
 from .references_io import LikenessLoadReferences, LikenessSaveReferences  # noqa: E402
 from .tiled import LikenessApplyTiled  # noqa: E402
 from .unified import LikenessModelDoctor, LikenessUnifiedLoader  # noqa: E402
@@ -29,7 +30,7 @@ NODES = [
     LikenessApply, LikenessApplySimple, LikenessFaceModelLoader, LikenessFaceEmbed, LikenessMergeReferences,
     LikenessSaveReferences, LikenessLoadReferences,
     LikenessReferencePack, LikenessReferenceLatents, LikenessQwenEditEncode,
-    LikenessIdentityScore, LikenessSubjectScore,
+    LikenessIdentityScore, LikenessSubjectScore, LikenessIDEncoderLoader, LikenessPuLID,
     LikenessPrepImage, LikenessNoiseImage, LikenessApplyTiled, LikenessFrameWeights,
 ]
 

@@ -244,6 +244,20 @@ def to_comfy(*rgb_images: np.ndarray):
     return torch.from_numpy(np.stack(rgb_images).astype(np.float32) / 255.0)
 
 
+def load_photos(prompt: dict, photos, node: str, input_name: str = "image") -> dict:
+    """Adds LoadImage nodes for `photos`, joined into one batch by ImageBatch, to an API prompt, and connects the
+    batch to `input_name` of `node`."""
+    batch = None
+    for i, photo in enumerate(photos):
+        prompt[f"photo{i}"] = {"class_type": "LoadImage", "inputs": {"image": photo}}
+        if i:
+            prompt[f"batch{i}"] = {"class_type": "ImageBatch", "inputs": {"image1": [batch, 0],
+                                                                          "image2": [f"photo{i}", 0]}}
+        batch = f"batch{i}" if i else "photo0"
+    prompt[node]["inputs"][input_name] = [batch, 0]
+    return prompt
+
+
 # ---------------------------------------------------------------- a registered insightface folder for the tests
 
 PACK = "synth_l"

@@ -66,8 +66,8 @@ def server(workflow_models, tmp_path_factory, request):
                        "(.ci/setup-browser downloads it)")
     if missing:
         pytest.fail("the browser test needs: " + "; ".join(missing) + ". .ci/run installs them.", pytrace=False)
-    folders = {k: workflow_models / k for k in ("ipadapter", "clip_vision", "checkpoints", "loras", "insightface",
-                                                *dict.fromkeys(tw.SPLIT_FILE_FOLDERS.values()))}
+    folders = {k: workflow_models / k for k in ("ipadapter", "pulid", "clip_vision", "checkpoints", "loras",
+                                                "insightface", "facexlib", *dict.fromkeys(tw.SPLIT_FILE_FOLDERS.values()))}
     # the same server with a newer frontend build (ComfyUI's --front-end-root)
     extra = [] if request.param == "pinned" else ["--front-end-root", str(NEWER_FRONTEND_ROOT)]
     artifacts = ARTIFACTS / f"frontend-{request.param}"
@@ -145,7 +145,7 @@ def test_workflows_load_and_run_in_the_browser(server, vue):
                 assert (node["chart"] or node["info"])["shown"], f"{where}: the panel is not visible on {node}"
             if node["type"] == "LikenessApply":
                 assert node["chart"] and node["chart"]["active"] not in (None, "0"), f"{where}: chart {node}"
-                assert node["chart"]["layout"] in ("sd15", "sdxl") and "guessed" not in node["chart"]["text"], node
+                assert node["chart"]["layout"] in ("sd15", "sdxl", "flux") and "guessed" not in node["chart"]["text"], node
             if node["type"] == "LikenessAdapterLoader":
                 assert node["info"] and node["info"]["family"] and "needs" in node["info"]["text"], f"{where}: {node}"
             if node["type"] in CHECKS:

@@ -330,7 +330,7 @@ def _anonymous(answer, value: str):
 def test_path_tricks_get_one_answer_that_reveals_nothing(hostile):
     combos = [(node, name) for node in likeness_nodes(hostile)
               for name, kind, _o, _s, _r in node_specs(hostile["info"], node) if kind == "COMBO"]
-    file_inputs = {"adapter_name", "model_pack", "face_model_pack", "references_file"}
+    file_inputs = {"adapter_name", "model_pack", "face_model_pack", "references_file", "clip_name", "parsing_model"}
     assert file_inputs <= {name for _node, name in combos}, combos
     for node, name in combos:
         answers = set()

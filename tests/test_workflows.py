@@ -23,7 +23,8 @@ Everything else runs exactly as shipped, with the shipped widget values: `Likene
 tiny adapters written under the official file names (layout, encoder feature and base model taken from
 the variants table, sized for the tiny models; FaceID ones in the .bin layout with their LoRA),
 `LikenessFaceModelLoader` loads the synthetic insightface-compatible ONNX pack of tests/face_models.py
-written under the shipped pack name, `LoraLoaderModelOnly` loads a tiny LoRA under the shipped name,
+written under the shipped pack name, `LikenessIDEncoderLoader` a tiny EVA-CLIP and a random BiSeNet in
+their published layouts (tests/pulid_models.py), `LoraLoaderModelOnly` loads a tiny LoRA under the shipped name,
 `LoadImage` reads the example images shipped in workflows/inputs/, and CLIPTextEncode, KSampler (all
 its steps), VAEDecode and SaveImage are the real nodes. The tiny files live in folders of their own,
 searched first while this module runs.
@@ -45,6 +46,7 @@ import torch
 import builders
 import face_models
 import folder_paths
+import pulid_models
 import nodes
 from conftest import PACK, pack, run_prompt, tiny_loaders
 
@@ -232,6 +234,18 @@ def write_tiny_adapter(folder: Path, name: str) -> None:
     """A tiny adapter in the official file's layout: same projection kind, encoder feature and base model."""
     variants = pack("nodes.core.variants")
     variant = next(v for v in variants.VARIANTS if name in v.files)
+    if variant.pulid:  # the published PuLID naming, sized for the tiny SDXL / FLUX and the tiny EVA-CLIP
+        if variant.family == variants.FLUX:
+            state = builders.tiny_pulid_state("flux", seed=len(name))
+        else:
+            kind = "v1" if variant.layout is variants.Layout.PULID_ENCODER else "v1.1"
+            widths = [s.width for s in pack("nodes.host.sites").find_sites(tiny_loaders.tiny_model("sdxl"))]
+            state = builders.tiny_pulid_state(kind, widths=widths, seed=len(name))
+        if name.endswith(".bin"):
+            torch.save(state, folder / name)
+        else:
+            builders.save_safetensors(str(folder / name), state)
+        return
     kind = "sdxl" if variant.family == "SDXL" else "sd15"
     widths = [s.width for s in pack("nodes.host.sites").find_sites(tiny_loaders.tiny_model(kind))]
     if variant.faceid:
@@ -284,8 +298,8 @@ def workflow_models(models_dir, tmp_path_factory):
     workflows = [_load(p) for p in WORKFLOWS]
     extra = tmp_path_factory.mktemp("workflow_models")
     stack = contextlib.ExitStack()  # every folder registered here comes first, and is unregistered after the module
-    for folder in dict.fromkeys(("ipadapter", "clip_vision", "checkpoints", "loras", "insightface",
-                                 *SPLIT_FILE_FOLDERS.values())):
+    for folder in dict.fromkeys(("ipadapter", "pulid", "clip_vision", "checkpoints", "loras", "insightface",
+                                 "facexlib", *SPLIT_FILE_FOLDERS.values())):
         (extra / folder).mkdir()
         stack.enter_context(face_models.model_folder(folder, str(extra / folder), first=True))
     for name in _file_widgets(workflows, "CLIPVisionLoader", "clip_name"):
@@ -293,12 +307,17 @@ def workflow_models(models_dir, tmp_path_factory):
         builders.write_tiny_clip_vision(str(extra / "clip_vision"), Path(name).stem, seed=hidden,
                                         **TINY_ENCODERS[hidden])
     for name in _file_widgets(workflows, "LikenessAdapterLoader", "adapter_name"):
-        write_tiny_adapter(extra / "ipadapter", name)
+        # where users keep them, so the frontend's missing-model check finds each file in the folder it names
+        write_tiny_adapter(extra / ("pulid" if name.startswith("pulid") else "ipadapter"), name)
     for name in _file_widgets(workflows, "CheckpointLoaderSimple", "ckpt_name"):
         (extra / "checkpoints" / name).write_bytes(b"")  # listed for the combo; the tiny loader builds the model
     for (class_type, widget), folder in SPLIT_FILE_FOLDERS.items():
         for name in _file_widgets(workflows, class_type, widget):
             (extra / folder / name).write_bytes(b"")  # the same: the tiny loaders pick a model by this name
+    for name in _file_widgets(workflows, "LikenessIDEncoderLoader", "clip_name"):
+        pulid_models.write_tiny_eva(str(extra / "clip_vision"), name)  # EVA-CLIP's layout, tiny widths
+    for name in _file_widgets(workflows, "LikenessIDEncoderLoader", "parsing_model"):
+        pulid_models.write_parsing(str(extra / "facexlib"), name)  # BiSeNet, random weights
     for wf in workflows:
         ckpts = _file_widgets([wf], "CheckpointLoaderSimple", "ckpt_name")
         for name in _file_widgets([wf], "LoraLoaderModelOnly", "lora_name"):

@@ -94,12 +94,15 @@ def build_image_prompt(adapter: Adapter, tokens: ImageTokens, sites: Sequence[Si
                        mask: torch.Tensor | None = None, device: torch.device | None = None, *,
                        boosts: Boosts = Boosts(), layer_weights: dict[int, float] | None = None,
                        base_model: str | None = None, text_projection: TextProjection | None = None,
-                       weight_kolors: float = 1.0, unfold_batch: bool = False) -> ImagePrompt:
+                       weight_kolors: float = 1.0, unfold_batch: bool = False, zero_tokens: int = 0,
+                       combine=None) -> ImagePrompt:
     """Precompute every site's image keys and values once; sites at weight 0 get nothing.
 
     `weight` is a number, or a list with one weight per latent (frame). At the sites a precise weight type swaps,
     the cond side attends to zero tokens (K = V = 0, so its image term is exactly 0) and the uncond side to the
-    reference's tokens. With `unfold_batch`, reference i drives latent i instead of every latent seeing all."""
+    reference's tokens. With `unfold_batch`, reference i drives latent i instead of every latent seeing all.
+    `zero_tokens` zero tokens follow the image tokens (PuLID's methods); `combine` is the prompt's combine rule (see
+    ImagePrompt), which works on one identity for every latent."""
     check_adapter_fits(adapter, sites)
     check_base_model(adapter, base_model, text_projection)
     check_tokens_fit(adapter, tokens)
@@ -114,12 +117,21 @@ def build_image_prompt(adapter: Adapter, tokens: ImageTokens, sites: Sequence[Si
         weight = frame_list[0]  # one value for every frame: no different from a plain weight
     plans = [site_plan(sites, w, weight_type, boosts, layer_weights) for w in (frame_list if per_frame else [weight])]
     device = device or torch.device("cpu")
+    if combine is not None and (unfold_batch or per_frame):
+        raise InputError("PuLID gives every latent the same identity: turn unfold_batch off and give one weight, "
+                         "not a per-frame list.")
+    if combine is not None and plans[0].swapped:
+        raise InputError(f"weight_type `{weight_type}` swaps cond and uncond at some layers, which PuLID's combine "
+                         "rules do not take; pick another weight_type for a PuLID adapter.")
     if unfold_batch:
         cond, uncond = tokens.cond.to(device), tokens.uncond.to(device)  # [N, T, C]: one row per reference
     else:
         cond, uncond = (t.to(device)[None] for t in tokens.flat())  # [1, N * T, C]: every latent sees all
     if adapter.detected.needs_text_projection:
         cond, uncond = (project_text_space(t, text_projection, weight_kolors) for t in (cond, uncond))
+    if zero_tokens:
+        cond, uncond = (torch.cat([t, t.new_zeros(*t.shape[:-2], zero_tokens, t.shape[-1])], dim=-2)
+                        for t in (cond, uncond))
     site_kv, frame_weights = {}, {}
     for site, layer_id in zip(sites, adapter.detected.layer_ids):
         weights = [plan.weights[site.key] for plan in plans]
@@ -134,7 +146,7 @@ def build_image_prompt(adapter: Adapter, tokens: ImageTokens, sites: Sequence[Si
     if not (unfold_batch or per_frame):
         flat = {key: SiteKV(*(t[0] for t in (kv.k_cond, kv.v_cond, kv.k_uncond, kv.v_uncond)))
                 for key, kv in site_kv.items()}
-        return ImagePrompt(flat, sigma_start, sigma_end, mask, label=adapter.name)
+        return ImagePrompt(flat, sigma_start, sigma_end, mask, label=adapter.name, combine=combine)
     return FramePrompt(site_kv, sigma_start, sigma_end, mask, label=adapter.name,
                        frame_weights=frame_weights if per_frame else None, scaling=embeds_scaling)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import struct
 from typing import Mapping
 
@@ -18,7 +19,11 @@ import torch
 
 from .errors import AdapterFileError
 
-GROUP_ALIASES = {"image_proj": "image_proj", "ip_adapter": "ip_adapter", "adapter_modules": "ip_adapter"}
+GROUP_ALIASES = {"image_proj": "image_proj", "ip_adapter": "ip_adapter", "adapter_modules": "ip_adapter",
+                 # PuLID as published: v1/v1.1 `id_adapter` (the ID encoder), PuLID-FLUX `pulid_encoder`
+                 "id_adapter": "image_proj", "pulid_encoder": "image_proj"}
+# PuLID numbers its attention layers like IP-Adapter does (diffusers processor order, attn2 at odd indices).
+_PULID_KV_KEY = re.compile(r"^id_adapter_attn_layers\.(\d+)\.id_to_([kv])\.weight$")
 
 
 def _name(path: str) -> str:
@@ -102,6 +107,9 @@ def read_safetensors_header(path: str) -> dict:
 
 
 def _normalise_group_key(key: str) -> str | None:
+    m = _PULID_KV_KEY.match(key)
+    if m:
+        return f"ip_adapter.{m.group(1)}.to_{m.group(2)}_ip.weight"
     group, _, rest = key.partition(".")
     group = GROUP_ALIASES.get(group)
     return f"{group}.{rest}" if group and rest else None

@@ -83,6 +83,15 @@ def _encoder_words(refs: References) -> str:
 
 
 def _check_same_kind(first_name: str, first: References, name: str, refs: References) -> None:
+    if (first.parsed_face is None) != (refs.parsed_face is None):
+        with_, without = (first_name, name) if first.parsed_face is not None else (name, first_name)
+        raise IncompatibleError(
+            f"cannot merge {first_name} and {name}: {with_} carry PuLID's EVA-CLIP features of the parsed faces but "
+            f"{without} do not. Connect the same id_encoder to every Likeness Face Embed whose references you merge.")
+    if first.parsed_face is not None and first.parsed_face.hidden.shape[1:] != refs.parsed_face.hidden.shape[1:]:
+        raise IncompatibleError(
+            f"cannot merge {first_name} and {name}: their parsed-face features come from different EVA-CLIP encoders "
+            f"({first.parsed_face.encoder} and {refs.parsed_face.encoder}). Use one Likeness ID Encoder Loader.")
     if (first.image is None) != (refs.image is None) or (first.face is None) != (refs.face is None):
         raise IncompatibleError(
             f"cannot merge {first_name} and {name}: {first_name} are {_kind(first)} but {name} are {_kind(refs)}. "
@@ -131,7 +140,11 @@ def gather(inputs: Sequence[tuple[str, References]]) -> Gathered:
     check_reference_count(sum(c for _, c in counts), "merging " + ", ".join(f"{name} ({c})" for name, c in counts))
     if len(inputs) == 1:
         return Gathered(first, counts)
-    image = face = None
+    image = face = parsed = None
+    if first.parsed_face is not None:
+        parsed = dataclasses.replace(first.parsed_face,
+                                     embeds=torch.cat([r.parsed_face.embeds for _, r in inputs]),
+                                     hidden=torch.cat([r.parsed_face.hidden for _, r in inputs]))
     if first.image is not None:
         image = dataclasses.replace(
             first.image,
@@ -142,7 +155,7 @@ def gather(inputs: Sequence[tuple[str, References]]) -> Gathered:
             first.face,
             normed=torch.cat([r.face.normed for _, r in inputs]),
             raw=torch.cat([r.face.raw for _, r in inputs]))
-    return Gathered(References(image=image, face=face), counts)
+    return Gathered(References(image=image, face=face, parsed_face=parsed), counts)
 
 
 # ------------------------------------------------------------------ weights
@@ -286,26 +299,34 @@ def _take(refs: References, rows: Sequence[int]) -> References:
     if list(rows) == list(range(refs.count)):
         return refs
     index = torch.tensor(list(rows), dtype=torch.long)
-    image = face = None
+    image = face = parsed = None
+    if refs.parsed_face is not None:
+        parsed = dataclasses.replace(refs.parsed_face, embeds=refs.parsed_face.embeds[index],
+                                     hidden=refs.parsed_face.hidden[index])
     if refs.image is not None:
         image = dataclasses.replace(refs.image, image_embeds=refs.image.image_embeds[index],
                                     penultimate=refs.image.penultimate[index])
     if refs.face is not None:
         face = dataclasses.replace(refs.face, normed=refs.face.normed[index], raw=refs.face.raw[index])
-    return References(image=image, face=face)
+    return References(image=image, face=face, parsed_face=parsed)
 
 
 def _combined(refs: References, mode: str, weights: torch.Tensor) -> References:
     if mode == "concat":
         return refs
-    image = face = None
+    image = face = parsed = None
+    if refs.parsed_face is not None:
+        # the unit image embedding is a direction: combined, it is made a unit vector again, as PuLID reads it
+        parsed = dataclasses.replace(refs.parsed_face,
+                                     embeds=F.normalize(combine(refs.parsed_face.embeds, mode, weights), dim=-1),
+                                     hidden=combine(refs.parsed_face.hidden, mode, weights))
     if refs.image is not None:
         image = dataclasses.replace(refs.image, image_embeds=combine(refs.image.image_embeds, mode, weights),
                                     penultimate=combine(refs.image.penultimate, mode, weights))
     if refs.face is not None:
         face = dataclasses.replace(refs.face, normed=combine(refs.face.normed, mode, weights),
                                    raw=combine(refs.face.raw, mode, weights))
-    return References(image=image, face=face)
+    return References(image=image, face=face, parsed_face=parsed)
 
 
 def _reject_outliers(refs: References, labels, active: list[int], threshold: float, mode: str):

@@ -6,6 +6,9 @@ Tensors                              Metadata (all strings)
   image.empty_penultimate[1, S, H]     image.encoder, image.hidden_width (H), image.embed_width (E),
   face.normed            [N, W]          image.tokens (S), image.source
   face.raw               [N, W]        face.model, face.width (W)
+  parsed_face.embeds     [N, E']       parsed_face.encoder, parsed_face.source, parsed_face.levels (L),
+  parsed_face.hidden     [N, L, S', H']  parsed_face.tokens (S'), parsed_face.hidden_width (H'),
+                                         parsed_face.embed_width (E')   (PuLID's EVA-CLIP features)
 
 Loading checks the metadata against the tensors (names, shapes, count, widths, dtype, finite values), so a
 damaged file or a file of another kind stops with a message that names it.
@@ -21,7 +24,8 @@ import torch
 
 from .checkpoint import all_finite, not_a_model
 from .errors import ReferencesFileError
-from .references import MAX_REFERENCES, EncoderInfo, FaceIdentity, ImageFeatures, References, reference_count_problem
+from .references import (MAX_REFERENCES, EncoderInfo, FaceIdentity, ImageFeatures, ParsedFaceFeatures, References,
+                         reference_count_problem)
 from .variants import Feature, encoder_by_width
 
 FORMAT = "likeness.references"
@@ -29,6 +33,7 @@ FORMAT_VERSION = 1
 IMAGE_TENSORS = ("image.image_embeds", "image.penultimate", "image.empty_penultimate")
 IMAGE_TENSORS_BY_FIELD = {t.split(".", 1)[1]: t for t in IMAGE_TENSORS}
 FACE_TENSORS = ("face.normed", "face.raw")
+PARSED_FACE_TENSORS = ("parsed_face.embeds", "parsed_face.hidden")
 _PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
@@ -42,7 +47,8 @@ def likeness_version() -> str:
 
 
 def to_tensors_and_metadata(refs: References) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    parts = [p for p, v in (("image", refs.image), ("face", refs.face)) if v is not None]
+    parts = [p for p, v in (("image", refs.image), ("face", refs.face), ("parsed_face", refs.parsed_face))
+             if v is not None]
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "likeness_version": likeness_version(),
             "count": str(refs.count), "parts": ",".join(parts)}
     tensors = {}
@@ -58,6 +64,12 @@ def to_tensors_and_metadata(refs: References) -> tuple[dict[str, torch.Tensor], 
     if refs.face is not None:
         tensors.update({"face.normed": refs.face.normed, "face.raw": refs.face.raw})
         meta.update({"face.model": refs.face.model, "face.width": str(refs.face.normed.shape[-1])})
+    if refs.parsed_face is not None:
+        p = refs.parsed_face
+        tensors.update({"parsed_face.embeds": p.embeds, "parsed_face.hidden": p.hidden})
+        meta.update({"parsed_face.encoder": p.encoder, "parsed_face.source": p.source,
+                     "parsed_face.embed_width": str(p.embeds.shape[-1]), "parsed_face.levels": str(p.hidden.shape[1]),
+                     "parsed_face.tokens": str(p.hidden.shape[2]), "parsed_face.hidden_width": str(p.hidden.shape[3])})
     # safetensors refuses views that share storage; a clone per tensor keeps the bytes exactly
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     return tensors, meta
@@ -139,10 +151,12 @@ def from_tensors_and_metadata(tensors: dict[str, torch.Tensor], meta: dict | Non
     if version < 1:
         raise ReferencesFileError(f"`{name}` has an unknown format version {version}.")
     parts = {p for p in meta.get("parts", "").split(",") if p}
-    if not parts or parts - {"image", "face"}:
+    if not parts or parts - {"image", "face", "parsed_face"}:
         raise ReferencesFileError(
-            f"`{name}` is damaged: metadata `parts` should list `image` and/or `face`, found {meta.get('parts')!r}.")
-    expected = set(IMAGE_TENSORS if "image" in parts else ()) | set(FACE_TENSORS if "face" in parts else ())
+            f"`{name}` is damaged: metadata `parts` should list `image`, `face` and/or `parsed_face`, found "
+            f"{meta.get('parts')!r}.")
+    expected = (set(IMAGE_TENSORS if "image" in parts else ()) | set(FACE_TENSORS if "face" in parts else ())
+                | set(PARSED_FACE_TENSORS if "parsed_face" in parts else ()))
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
         raise ReferencesFileError(
@@ -181,7 +195,17 @@ def from_tensors_and_metadata(tensors: dict[str, torch.Tensor], meta: dict | Non
         for key in FACE_TENSORS:
             _check_shape(name, key, tensors[key], (count, width), f"count {count}, identity width {width}")
         face = FaceIdentity(model, tensors["face.normed"], tensors["face.raw"])
-    return References(image=image, face=face)
+    parsed = None
+    if "parsed_face" in parts:
+        embed, levels = _int(meta, "parsed_face.embed_width", name), _int(meta, "parsed_face.levels", name)
+        tokens, hidden = _int(meta, "parsed_face.tokens", name), _int(meta, "parsed_face.hidden_width", name)
+        _check_shape(name, "parsed_face.embeds", tensors["parsed_face.embeds"], (count, embed),
+                     f"count {count}, embed width {embed}")
+        _check_shape(name, "parsed_face.hidden", tensors["parsed_face.hidden"], (count, levels, tokens, hidden),
+                     f"count {count}, {levels} levels of {tokens} tokens, hidden width {hidden}")
+        parsed = ParsedFaceFeatures(meta.get("parsed_face.encoder", "EVA-CLIP"), tensors["parsed_face.embeds"],
+                                    tensors["parsed_face.hidden"], meta.get("parsed_face.source", ""))
+    return References(image=image, face=face, parsed_face=parsed)
 
 
 def load_references(path: str) -> References:
@@ -225,6 +249,8 @@ def describe(refs: References) -> str:
         parts.append(f"image features from {refs.image.encoder.describe()}")
     if refs.face is not None:
         parts.append(f"`{refs.face.model}` identities")
+    if refs.parsed_face is not None:
+        parts.append(f"PuLID parsed-face features from {refs.parsed_face.encoder}")
     return f"{refs.count} reference{'s' if refs.count != 1 else ''}: " + " and ".join(parts)
 
 

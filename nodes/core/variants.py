@@ -23,6 +23,7 @@ class Feature(enum.Enum):
     PENULTIMATE = "penultimate"  # CLIP hidden states of the second-to-last layer [S, E]
     FACE_ID = "face_id"  # insightface identity embedding [512]
     FACE_ID_AND_PENULTIMATE = "face_id+penultimate"
+    PULID = "pulid"  # antelopev2 raw identity + EVA-CLIP features of the parsed face (Likeness ID Encoder)
 
 
 class Layout(enum.Enum):
@@ -33,6 +34,8 @@ class Layout(enum.Enum):
     MLP_PER_TOKEN = "mlp"  # Linear, GELU, Linear, LayerNorm on each encoder token (full-face)
     FACEID_MLP = "faceid-mlp"  # Linear, GELU, Linear -> reshape -> LayerNorm, from a 512-d identity
     FACEID_PLUS = "faceid-plus"  # FaceID MLP tokens refined by a perceiver over CLIP features
+    PULID_ENCODER = "pulid-idencoder"  # PuLID v1: MLPs of the ID vector and of each EVA hidden state
+    PULID_FORMER = "pulid-idformer"  # PuLID v1.1 / PuLID-FLUX: learned queries read ID and EVA tokens
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,12 @@ ENCODERS: tuple[Encoder, ...] = (
     Encoder("ViT-L/14", 1024, 768, "clip-vit-large-patch14.safetensors"),
     Encoder("ViT-L/14-336", 1024, 768, "clip-vit-large-patch14-336.bin", image_size=336),  # Kolors
 )
+
+
+# The image encoder PuLID reads (EVA-CLIP, not OpenAI/LAION CLIP): kept apart from ENCODERS, whose widths it
+# shares with ViT-L/14.
+EVA_CLIP = Encoder("EVA02-CLIP-L-14-336", 1024, 768, "EVA02_CLIP_L_336_psz14_s6B.pt")
+IDENTITY_WIDTH = 512  # antelopev2 (glintr100) identity embedding
 
 
 def encoder_by_width(width: int, feature: Feature) -> Encoder | None:
@@ -94,8 +103,9 @@ FAMILIES: tuple[ModelFamily, ...] = (
     ModelFamily("SD1.5", 768, 16),
     ModelFamily("SDXL", 2048, 70),
 )
+FLUX = "FLUX"  # a DiT: PuLID-FLUX files name it; it has no cross-attention sites
 KOLORS = "Kolors"  # an SDXL-layout UNet whose text context comes from ChatGLM through its own `encoder_hid_proj`
-UNET_LAYOUT = {"SD1.5": "SD1.5", "SDXL": "SDXL", KOLORS: "SDXL"}  # which site layout each base model has
+UNET_LAYOUT = {"SD1.5": "SD1.5", "SDXL": "SDXL", KOLORS: "SDXL", FLUX: FLUX}  # which site layout each base model has
 
 
 def family_name(context_width: int, sites: int | None = None) -> str:
@@ -123,6 +133,10 @@ class Variant:
     encoder: str = ""  # the encoder's name when the widths alone do not say (ViT-L/14 vs ViT-L/14-336)
     inner_width: int = 0  # width inside a resampler, when it tells two families apart (0: any)
     token_width: int = 0  # width of the tokens when it differs from the attention's context width (0: the same)
+
+    @property
+    def pulid(self) -> bool:
+        return self.feature is Feature.PULID
 
 
 _H, _G = 1280, 1664  # hidden widths (ViT-H, ViT-bigG)
@@ -165,6 +179,16 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("sdxl-faceid-portrait-unnorm", "FaceID Portrait (unnorm)", Layout.RESAMPLER, Feature.FACE_ID,
             "SDXL", 512, 16, ("ip-adapter-faceid-portrait_sdxl_unnorm.bin",), faceid=True,
             note="takes the raw, un-normalised identity embedding"),
+    # PuLID: antelopev2 identity + EVA-CLIP features of the parsed face, through the ID encoder (Likeness ID
+    # Encoder Loader, Likeness Face Embed's id_encoder input).
+    Variant("sdxl-pulid", "PuLID v1", Layout.PULID_ENCODER, Feature.PULID, "SDXL", 1280, 10,
+            ("ip-adapter_pulid_sdxl_fp16.safetensors", "pulid_v1.bin"),
+            note="the safetensors file is a conversion of pulid_v1.bin with IP-Adapter key names"),
+    Variant("sdxl-pulid-v1.1", "PuLID v1.1", Layout.PULID_FORMER, Feature.PULID, "SDXL", 1280, 32,
+            ("pulid_v1.1.safetensors", "ip-adapter_pulidv1.1_sdxl_fp16.safetensors")),
+    Variant("flux-pulid", "PuLID-FLUX v0.9.0 / v0.9.1", Layout.PULID_FORMER, Feature.PULID, FLUX, 1280, 32,
+            ("pulid_flux_v0.9.1.safetensors", "pulid_flux_v0.9.0.safetensors"),
+            note="v0.9.0 and v0.9.1 share one layout; they differ by training (v0.9.1 holds identity better)"),
     # Kolors (Kwai-Kolors): an SDXL-layout UNet with a ChatGLM text encoder.
     Variant("kolors-plus", "Kolors Plus", Layout.RESAMPLER, Feature.PENULTIMATE, KOLORS, 1024, 16,
             ("Kolors-IP-Adapter-Plus.bin", "ip_adapter_plus_general.bin"), encoder="ViT-L/14-336", inner_width=2048,
@@ -175,6 +199,17 @@ VARIANTS: tuple[Variant, ...] = (
             note="its 4096-wide tokens live in the ChatGLM text space: the Kolors UNet's encoder_hid_proj maps "
                  "them to the attention's 2048 (scaled by weight_kolors); 336 px face crops, antelopev2 faces"),
 )
+
+# PuLID-FLUX inserts one cross-attention module after every 2nd double block and every 4th single block,
+# counted from block 0 (the reference's double_interval and single_interval).
+PULID_FLUX_DOUBLE_INTERVAL = 2
+PULID_FLUX_SINGLE_INTERVAL = 4
+
+
+def pulid_flux_blocks(double_blocks: int, single_blocks: int) -> tuple[tuple[str, int], ...]:
+    """The blocks after which PuLID-FLUX's cross-attention modules act, in module order."""
+    return (tuple(("double_block", i) for i in range(0, double_blocks, PULID_FLUX_DOUBLE_INTERVAL))
+            + tuple(("single_block", i) for i in range(0, single_blocks, PULID_FLUX_SINGLE_INTERVAL)))
 
 
 @dataclass(frozen=True)
@@ -190,11 +225,15 @@ class Detected:
     layer_widths: tuple[int, ...]  # inner width of each of those layers
     has_lora: bool
     variant: Variant | None  # the official row, when one matches
+    model_family: str = ""  # set when the file names its model family (PuLID-FLUX)
+    vit_width: int = 0  # PuLID: width of the EVA-CLIP hidden states its encoder reads
     token_width: int = 0  # width of the projection's tokens; 0: the context width
     inner_width: int = 0  # width inside a resampler (0: none)
 
     @property
     def family(self) -> str:
+        if self.model_family:
+            return self.model_family
         if self.variant is not None:
             return self.variant.family
         return family_name(self.context_width, len(self.layer_ids))
@@ -215,6 +254,15 @@ class Detected:
         return self.feature in (Feature.FACE_ID, Feature.FACE_ID_AND_PENULTIMATE)
 
     @property
+    def pulid(self) -> bool:
+        return self.feature is Feature.PULID
+
+    @property
+    def eva_embed_width(self) -> int:
+        """PuLID: width of the EVA-CLIP image embedding in the ID vector."""
+        return self.input_width - IDENTITY_WIDTH if self.pulid else 0
+
+    @property
     def needs_lora(self) -> bool:
         """Trained with a LoRA: LoRA tensors in the file say so, the table says so for official files, and for
         unlisted files the FaceID layouts that the official LoRA-trained ones use (Plus; 4-token FaceID)."""
@@ -227,6 +275,10 @@ class Detected:
     @property
     def encoder(self) -> Encoder | None:
         """The CLIP encoder this adapter needs, when it needs one."""
+        if self.pulid:
+            if (self.vit_width, self.eva_embed_width) == (EVA_CLIP.hidden_width, EVA_CLIP.embed_width):
+                return EVA_CLIP
+            return Encoder("an EVA-CLIP encoder", self.vit_width, self.eva_embed_width, EVA_CLIP.file_hint)
         if self.variant is not None and self.variant.encoder:
             return encoder_named(self.variant.encoder)
         if self.feature is Feature.IMAGE_EMBEDS:
@@ -240,6 +292,9 @@ class Detected:
     def encoder_requirement(self) -> str:
         """Words for the encoder this adapter needs."""
         enc = self.encoder
+        if self.pulid:
+            return (f"{enc.describe()} through Likeness ID Encoder Loader, e.g. {enc.file_hint}, and antelopev2 "
+                    "faces")
         what = "image embeds" if self.feature is Feature.IMAGE_EMBEDS else "hidden states"
         if enc is not None:
             return f"a {enc.name} image encoder ({self.input_width}-wide {what}), e.g. {enc.file_hint}"
@@ -249,8 +304,13 @@ class Detected:
         title = self.variant.title if self.variant else f"unlisted {self.layout.value} adapter"
         per_ref = (f"{self.tokens} tokens per reference" if self.tokens
                    else "one token per encoder hidden state (257 per reference with ViT-H)")
+        if self.pulid:
+            per_ref = f"{self.tokens} identity tokens per face"
         parts = [f"{title} for {self.family}", per_ref]
-        if self.faceid:
+        if self.pulid:
+            parts.append(f"reads antelopev2 faces and {self.encoder.describe()} features (Likeness Face Embed with "
+                         "an id_encoder from Likeness ID Encoder Loader)")
+        elif self.faceid:
             parts.append("identity embedding input (use the FaceID nodes)")
         else:
             parts.append(f"needs {self.encoder_requirement()}")
@@ -269,23 +329,15 @@ def _shape(shapes: Mapping[str, Sequence[int]], key: str) -> tuple[int, ...] | N
     return None if s is None else tuple(int(d) for d in s)
 
 
-def detect(shapes: Mapping[str, Sequence[int]], source: str) -> Detected:
-    """Detect an adapter from `{"image_proj.<k>" | "ip_adapter.<k>": shape}`.
-
-    `source` names the file in messages.
-    """
+def _kv_layers(shapes: Mapping[str, Sequence[int]], source: str):
+    """(layer ids, inner widths, context width) of the `ip_adapter.<n>.to_k_ip/to_v_ip` pairs, or None."""
     kv: dict[int, dict[str, tuple[int, ...]]] = {}
     for key, shape in shapes.items():
         m = _KV_KEY.match(key)
         if m:
             kv.setdefault(int(m.group(1)), {})[m.group(2)] = tuple(int(d) for d in shape)
-    proj_keys = sorted(k for k in shapes if k.startswith("image_proj."))
-    if not kv or not proj_keys:
-        found = ", ".join(sorted({k.split(".")[0] for k in shapes})[:6]) or "no tensors"
-        raise AdapterFileError(
-            f"`{source}` is not an IP-Adapter file: expected tensor groups `image_proj.*` and "
-            f"`ip_adapter.<n>.to_k_ip.weight`, found {found} ({len(shapes)} tensors). "
-            "Put IP-Adapter files (e.g. ip-adapter_sd15.safetensors from h94/IP-Adapter) in models/ipadapter.")
+    if not kv:
+        return None
     layer_ids = tuple(sorted(kv))
     widths, contexts = [], set()
     for i in layer_ids:
@@ -298,7 +350,26 @@ def detect(shapes: Mapping[str, Sequence[int]], source: str) -> Detected:
         contexts.add(pair["k"][1])
     if len(contexts) != 1:
         raise AdapterFileError(f"`{source}`: to_k_ip weights disagree on the context width ({sorted(contexts)}).")
-    context = contexts.pop()
+    return layer_ids, tuple(widths), contexts.pop()
+
+
+def detect(shapes: Mapping[str, Sequence[int]], source: str) -> Detected:
+    """Detect an adapter from `{"image_proj.<k>" | "ip_adapter.<k>" | "pulid_ca.<k>": shape}`.
+
+    `source` names the file in messages.
+    """
+    if is_pulid(shapes):
+        return _detect_pulid(shapes, source)
+    layers = _kv_layers(shapes, source)
+    proj_keys = sorted(k for k in shapes if k.startswith("image_proj."))
+    if not layers or not proj_keys:
+        found = ", ".join(sorted({k.split(".")[0] for k in shapes})[:6]) or "no tensors"
+        raise AdapterFileError(
+            f"`{source}` is not an IP-Adapter or PuLID file: expected tensor groups `image_proj.*` and "
+            f"`ip_adapter.<n>.to_k_ip.weight` (PuLID: `id_adapter.*`, or `pulid_encoder.*` and `pulid_ca.<n>.*`), "
+            f"found {found} ({len(shapes)} tensors). Put IP-Adapter files (e.g. ip-adapter_sd15.safetensors from "
+            "h94/IP-Adapter) in models/ipadapter and PuLID files in models/pulid.")
+    layer_ids, widths, context = layers
     has_lora = any(".to_q_lora." in k for k in shapes)
 
     def s(k):
@@ -349,7 +420,78 @@ def detect(shapes: Mapping[str, Sequence[int]], source: str) -> Detected:
                     and v.feature is feature and v.token_width == token_width
                     and v.inner_width in (0, inner_width)), None)
     return Detected(layout, feature, input_width, context, tokens, layer_ids, tuple(widths), has_lora, variant,
-                    token_width, inner_width)
+                    token_width=token_width, inner_width=inner_width)
+
+
+# ------------------------------------------------------------------ PuLID
+
+_CA_KEY = re.compile(r"^pulid_ca\.(\d+)\.to_q\.weight$")
+
+
+def is_pulid(shapes: Mapping[str, Sequence[int]]) -> bool:
+    """PuLID's encoders have parts no IP-Adapter has: an IDEncoder `body`, an IDFormer's identity mapping, or
+    PuLID-FLUX's cross-attention modules."""
+    return ("image_proj.body.0.weight" in shapes or "image_proj.id_embedding_mapping.0.weight" in shapes
+            or any(k.startswith("pulid_ca.") for k in shapes))
+
+
+def _detect_pulid(shapes: Mapping[str, Sequence[int]], source: str) -> Detected:
+    def s(k):
+        return _shape(shapes, "image_proj." + k)
+
+    def damaged(what: str) -> AdapterFileError:
+        return AdapterFileError(f"`{source}` looks like a PuLID file but {what}. It is damaged or of an unknown "
+                                "PuLID version; download it again (PuLID files: guozinan/PuLID on Hugging Face).")
+
+    if s("body.0.weight") is not None:
+        layout = Layout.PULID_ENCODER
+        needed = ("body.6.weight", "mapping_0.0.weight", "mapping_0.6.weight")
+        if any(s(k) is None for k in needed):
+            raise damaged("its IDEncoder lacks " + ", ".join(k for k in needed if s(k) is None))
+        input_width, out_width, vit_width = s("body.0.weight")[1], s("mapping_0.6.weight")[0], s("mapping_0.0.weight")[1]
+        tokens = s("body.6.weight")[0] // out_width + 5
+    elif s("id_embedding_mapping.0.weight") is not None:
+        layout = Layout.PULID_FORMER
+        needed = ("latents", "proj_out", "mapping_0.0.weight", "layers.0.0.to_q.weight")
+        if any(s(k) is None for k in needed):
+            raise damaged("its IDFormer lacks " + ", ".join(k for k in needed if s(k) is None))
+        input_width, out_width, vit_width = s("id_embedding_mapping.0.weight")[1], s("proj_out")[1], s("mapping_0.0.weight")[1]
+        tokens = s("latents")[1]
+    else:
+        raise damaged("it has no ID encoder (`id_adapter.*` or `pulid_encoder.*`)")
+
+    ca_ids = sorted(int(m.group(1)) for m in map(_CA_KEY.match, shapes) if m)
+    if ca_ids:
+        if layout is not Layout.PULID_FORMER:
+            raise damaged("it has PuLID-FLUX cross-attention modules next to a PuLID v1 encoder")
+        if ca_ids != list(range(len(ca_ids))):
+            raise damaged(f"its cross-attention modules are numbered {ca_ids[:4]}... instead of 0, 1, 2, ...")
+        dims, contexts = set(), set()
+        for i in ca_ids:
+            q, kv = _shape(shapes, f"pulid_ca.{i}.to_q.weight"), _shape(shapes, f"pulid_ca.{i}.to_kv.weight")
+            out = _shape(shapes, f"pulid_ca.{i}.to_out.weight")
+            if kv is None or out is None or kv[0] != 2 * q[0] or out != (q[1], q[0]):
+                raise damaged(f"its cross-attention module {i} has mismatched to_q/to_kv/to_out shapes")
+            dims.add(q[1])
+            contexts.add(kv[1])
+        if len(dims) != 1 or len(contexts) != 1:
+            raise damaged("its cross-attention modules disagree on their widths")
+        context, model_family = contexts.pop(), FLUX
+        layer_ids, widths = tuple(ca_ids), (dims.pop(),) * len(ca_ids)
+    else:
+        layers = _kv_layers(shapes, source)
+        if layers is None:
+            raise damaged("it has neither attention weights for SDXL (`id_adapter_attn_layers.*` / "
+                          "`ip_adapter.*`) nor PuLID-FLUX's `pulid_ca.*`")
+        layer_ids, widths, context = layers
+        model_family = ""
+    if out_width != context:
+        raise damaged(f"its encoder makes {out_width}-wide tokens but its attention reads {context}-wide ones")
+    family = model_family or family_name(context, len(layer_ids))
+    variant = next((v for v in VARIANTS if v.layout is layout and v.family == family and v.pulid
+                    and v.input_width == input_width and v.tokens == tokens), None)
+    return Detected(layout, Feature.PULID, input_width, context, tokens, layer_ids, widths, False, variant,
+                    model_family, vit_width)
 
 
 def _projection_output_width(shapes, layout: Layout) -> int | None:

@@ -13,9 +13,10 @@ import folder_paths
 
 from ..core import checkpoint
 from ..core.errors import AdapterFileError, LikenessError
+from ..core.eva_clip import EvaConfig, detect_eva_clip
 from ..core.lora_fit import lora_family
 from ..core.variants import Detected, Encoder, detect, detect_encoder
-from .folders import file_version
+from .folders import ADAPTER_FOLDERS, file_version
 
 log = logging.getLogger(__name__)
 _cache: dict[tuple, tuple] = {}
@@ -24,7 +25,7 @@ _lock = threading.Lock()
 
 @dataclass(frozen=True)
 class Entry:
-    folder: str  # model folder name: ipadapter, clip_vision, loras
+    folder: str  # model folder name: ipadapter, pulid, clip_vision, loras
     name: str  # as listed by ComfyUI (may include a sub-folder)
     path: str
     found: Detected | Encoder | str | None  # str: what a LoRA or face pack was read as
@@ -39,8 +40,8 @@ class Entry:
             return f"unusable: {self.problem}"
         if isinstance(self.found, Detected):
             return self.found.summary()
-        if isinstance(self.found, Encoder):
-            return self.found.describe()
+        if isinstance(self.found, Encoder) or hasattr(self.found, "describe"):
+            return self.found.describe()  # a CLIP vision Encoder, or PuLID's EVA-CLIP (EvaConfig)
         if isinstance(self.found, str):
             return self.found
         return "not recognised"
@@ -69,8 +70,9 @@ def _adapter(path: str) -> Detected:
     return detect(checkpoint.read_shapes(path), os.path.basename(path))
 
 
-def _encoder(path: str) -> Encoder | None:
-    return detect_encoder(checkpoint.read_shapes(path))
+def _encoder(path: str) -> Encoder | EvaConfig | None:
+    shapes = checkpoint.read_shapes(path)
+    return detect_encoder(shapes) or detect_eva_clip(shapes)
 
 
 def _entries(folder: str, reader, names=None) -> list[Entry]:
@@ -84,11 +86,19 @@ def _entries(folder: str, reader, names=None) -> list[Entry]:
 
 
 def adapters() -> list[Entry]:
-    return _entries("ipadapter", _adapter)
+    """Every file of the adapter folders (ipadapter, then pulid)."""
+    return [e for folder in ADAPTER_FOLDERS for e in _entries(folder, _adapter)]
 
 
 def encoders() -> list[Entry]:
     return _entries("clip_vision", _encoder)
+
+
+def face_parsing_files() -> list[str]:
+    try:
+        return folder_paths.get_filename_list("facexlib")
+    except KeyError:
+        return []
 
 
 def _lora(path: str) -> str:

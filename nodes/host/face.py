@@ -27,6 +27,7 @@ import comfy.utils
 from ..core.errors import InputError
 from ..core.face import (ON_NO_FACE, DetectedFace, FaceModelError, NoFaceError, align_face, choose_face,
                          crops_to_image, normalise, to_bgr_uint8)
+from ..core.face_parsing import align_ffhq
 from ..core.references import FaceIdentity, References, check_reference_count
 from . import folders
 from .encode import encode_references
@@ -359,9 +360,10 @@ def _no_face_message(i: int, bgr: np.ndarray, faces: list, select: str, index: i
 
 def embed_faces(face_model: FaceModel, image: torch.Tensor, select: str = "largest", index: int = 0,
                 on_no_face: str = "error", crop_size: int = 224, clip_vision=None,
-                clip_source: str = "") -> tuple[References, torch.Tensor, str]:
-    """A batch of photos -> one face reference per photo (identity + aligned crop, and the crop's CLIP features
-    when `clip_vision` is given), the crops as an IMAGE, and a one-line summary."""
+                clip_source: str = "", id_encoder=None) -> tuple[References, torch.Tensor, str]:
+    """A batch of photos -> one face reference per photo (identity + aligned crop, the crop's CLIP features when
+    `clip_vision` is given, PuLID's parsed-face features when `id_encoder` is), the crops as an IMAGE, and a
+    one-line summary."""
     if on_no_face not in ON_NO_FACE:
         raise InputError(f"on_no_face `{on_no_face}` is not one of: {', '.join(ON_NO_FACE)}.")
     if image.ndim != 4 or image.shape[0] == 0:
@@ -369,8 +371,8 @@ def embed_faces(face_model: FaceModel, image: torch.Tensor, select: str = "large
                          f"{tuple(image.shape)}.")
     n = image.shape[0]
     check_reference_count(n, "the image batch")
-    raws, crops, skipped = [], [], []
-    bar = comfy.utils.ProgressBar(n)
+    raws, crops, skipped, ffhq = [], [], [], []
+    bar = comfy.utils.ProgressBar(n if id_encoder is None else 2 * n)
     for i in range(n):
         bgr = to_bgr_uint8(image[i], i)
         faces, _ = face_model.detect(bgr)
@@ -386,6 +388,8 @@ def embed_faces(face_model: FaceModel, image: torch.Tensor, select: str = "large
         else:
             raws.append(face_model.embed(bgr, face.kps))
             crops.append(align_face(bgr, face.kps, crop_size))
+            if id_encoder is not None:
+                ffhq.append(align_ffhq(bgr, face.kps))
         bar.update(1)
     if not raws:
         raise NoFaceError(
@@ -397,10 +401,17 @@ def embed_faces(face_model: FaceModel, image: torch.Tensor, select: str = "large
     features = None
     if clip_vision is not None:
         features = encode_references(clip_vision, crop_image, crop="center", source=clip_source).image
-    refs = References(image=features, face=identity)
+    parsed = None
+    if id_encoder is not None:
+        parsed, _ = id_encoder.parsed_face_features(ffhq, progress=bar.update)
+    refs = References(image=features, face=identity, parsed_face=parsed)
     summary = f"{len(raws)} face(s) from {n} image(s) with {face_model.pack} on {face_model.providers_used[0]}"
     if skipped:
         summary += f"; skipped image(s) without a face: {', '.join(map(str, skipped))}"
-    summary += (f"; {crop_size} px crops encoded with {features.encoder.name}" if features is not None
-                else "; no clip_vision connected, so these references suit FaceID and Portrait but not FaceID Plus")
+    if features is not None:
+        summary += f"; {crop_size} px crops encoded with {features.encoder.name}"
+    elif parsed is None:
+        summary += "; no clip_vision connected, so these references suit FaceID and Portrait but not FaceID Plus"
+    if parsed is not None:
+        summary += f"; PuLID parsed-face features from `{id_encoder.eva_name}`"
     return refs, crop_image, summary

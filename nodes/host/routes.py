@@ -110,6 +110,7 @@ def weights_table(layout: str, weight: float, weight_type: str, style_boost: flo
 
 def adapter_info(name: str) -> dict:
     from ..core.adapter import read_detection
+    from ..core.variants import FLUX
 
     detected = read_detection(folders.adapter_path(name))
     encoder = detected.encoder
@@ -117,7 +118,9 @@ def adapter_info(name: str) -> dict:
         "name": name,
         "title": detected.variant.title if detected.variant else None,
         "family": detected.family,
-        "layout": {16: "sd15", 70: "sdxl"}.get(len(detected.layer_ids)),  # the UNet layout, by its site count
+        # the UNet layout, by its site count; PuLID-FLUX inserts modules between FLUX blocks instead
+        "layout": "flux" if detected.family == FLUX else {16: "sd15", 70: "sdxl"}.get(len(detected.layer_ids)),
+        "modules": len(detected.layer_ids),
         "tokens": detected.tokens,
         "faceid": detected.faceid,
         "encoder": encoder.name if encoder else None,

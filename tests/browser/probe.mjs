@@ -200,8 +200,16 @@ try {
       }
       window.__likenessSetId(queued.prompt_id);
       const result = await done;
-      const history = await (await fetch(`/api/history/${queued.prompt_id}`)).json();
-      result.outputs = history[queued.prompt_id]?.outputs ?? null;
+      // ComfyUI stores the history just after it sends execution_success: ask until it is there.
+      for (let i = 0; i < 60 && !result.outputs; i++) {
+        const history = await (await fetch(`/api/history/${queued.prompt_id}`)).json();
+        result.outputs = history[queued.prompt_id]?.outputs ?? null;
+        if (!result.outputs) await new Promise((r) => setTimeout(r, 250));
+      }
+      // Panels are made from the "executed" messages; on a busy machine they may trail the history a little.
+      const sentText = Object.entries(result.outputs ?? {}).filter(([, o]) => o?.text).map(([id]) => id);
+      const hasPanel = (id) => app.graph.getNodeById(Number(id))?.widgets?.some((w) => w.name === "likeness_report");
+      for (let i = 0; i < 40 && !sentText.every(hasPanel); i++) await new Promise((r) => setTimeout(r, 250));
       await new Promise((r) => setTimeout(r, 800));
       // The text each node sent (V3 ui.PreviewText) as its panel shows it, each node brought into view in turn.
       result.panels = [];

@@ -138,6 +138,17 @@ function drawChart(root, table, note) {
   root.dataset.layout = table.layout;
 }
 
+// PuLID-FLUX has no cross-attention sites to chart: its modules sit between FLUX blocks, all at one weight.
+function drawFluxNote(root, info, weight) {
+  root.textContent = "";
+  const text = el("div", {}, `FLUX · PuLID: ${info.modules} identity modules (after every 2nd double block and ` +
+    `every 4th single block), each at weight ${weight.toFixed(2)}; weight_type applies only to SD1.5 / SDXL.`);
+  text.style.cssText = "white-space:normal;font-size:11px;opacity:0.85;";
+  root.append(text);
+  root.dataset.active = String(weight === 0 ? 0 : info.modules);
+  root.dataset.layout = "flux";
+}
+
 function setupApply(node) {
   const root = addPanel(node, CHART, "Weight per cross-attention site", 108);
   let shown = "", manualLayout = null;
@@ -168,6 +179,8 @@ function setupApply(node) {
     let layout = manualLayout || "sd15", note = manualLayout ? "" : " (guessed: connect the adapter loader)";
     if (name) {
       const info = await getJSON(`/likeness/adapter_info?name=${encodeURIComponent(name)}`);
+      if (shown !== key) return;
+      if (info.layout === "flux") { drawFluxNote(root, info, weight); return; }
       if (info.layout) { layout = info.layout; note = ""; }
     }
     const extra = `&style_boost=${encodeURIComponent(styleBoost)}&composition_boost=${encodeURIComponent(compositionBoost)}`
