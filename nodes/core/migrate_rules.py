@@ -124,7 +124,8 @@ LIKENESS: dict[str, dict] = {
                  ("enhance_tiles", "INT", 1), ("enhance_ratio", "FLOAT", 1.0)),
         outputs=(("references", "LIKENESS_REFS"),)),
     "LikenessFaceEmbed": dict(
-        sockets=(("face_model", "LIKENESS_FACE_MODEL"), ("image", "IMAGE"), ("clip_vision", "CLIP_VISION")),
+        sockets=(("face_model", "LIKENESS_FACE_MODEL"), ("image", "IMAGE"), ("clip_vision", "CLIP_VISION"),
+                 ("id_encoder", "LIKENESS_ID_ENCODER")),
         widgets=(("select", "COMBO", "largest"), ("index", "INT", 0), ("on_no_face", "COMBO", "error"),
                  ("crop_size", "COMBO", "224")),
         outputs=(("references", "LIKENESS_REFS"), ("crops", "IMAGE"))),
@@ -145,7 +146,8 @@ LIKENESS: dict[str, dict] = {
                  ("end_at", "FLOAT", 1.0), ("embeds_scaling", "COMBO", "V only"),
                  ("faceid_lora_strength", "FLOAT", 1.0), ("style_boost", "FLOAT", 1.0),
                  ("composition_boost", "FLOAT", 0.0), ("layer_weights", "STRING", ""),
-                 ("unfold_batch", "BOOLEAN", False), ("weight_kolors", "FLOAT", 1.0)),
+                 ("unfold_batch", "BOOLEAN", False), ("weight_kolors", "FLOAT", 1.0),
+                 ("pulid_method", "COMBO", "fidelity")),
         outputs=(("model", "MODEL"),)),
     "LikenessApplySimple": dict(
         sockets=(("model", "MODEL"), ("adapter", "LIKENESS_ADAPTER"), ("clip_vision", "CLIP_VISION"),
@@ -190,11 +192,11 @@ LIKENESS: dict[str, dict] = {
 OPTIONAL = {
     "LikenessUnifiedLoader": {"provider"},
     "LikenessImageEncode": {"mask", "encode_batch_size", "enhance_tiles", "enhance_ratio"},
-    "LikenessFaceEmbed": {"clip_vision"},
+    "LikenessFaceEmbed": {"clip_vision", "id_encoder"},
     "LikenessMergeReferences": {f"references_{i}" for i in range(2, 13)},
     "LikenessProject": {"negative", "faceid_plus_version", "faceid_v2_weight"},
     "LikenessApply": {"attn_mask", "faceid_lora_strength", "style_boost", "composition_boost", "layer_weights",
-                      "unfold_batch", "weight_kolors"},
+                      "unfold_batch", "weight_kolors", "pulid_method"},
     "LikenessApplyTiled": {"image_negative", "attn_mask", "encode_batch_size", "unfold_batch"},
     "LikenessNoiseImage": {"image_optional", "size"},
     "LikenessPrepImage": {"size"},
