@@ -291,9 +291,15 @@ class APIGraph(Graph):
 
 # ------------------------------------------------------------------ node sizes and layout
 
-ROW = 34  # generous: the Vue renderer draws rows taller than the classic canvas
+ROW = 34  # the saved size: what the classic canvas draws
 WIDTH = 340
 GAP = 60
+# What the Vue node renderer draws, measured on frontend 1.27 (tests/test_browser.py): most nodes about 430 wide
+# whatever their saved size, and taller rows. Layout reserves the larger of both renderers' boxes.
+VUE_WIDTH = 440
+VUE_HEADER, VUE_SOCKET_ROW, VUE_WIDGET_ROW = 60, 28, 38
+PREVIEWS = {"LoadImage": 430, "LoadImageMask": 430}  # the picture drawn under the widgets
+NOTES = ("Note", "MarkdownNote")
 
 
 def node_size(class_type):
@@ -302,7 +308,16 @@ def node_size(class_type):
     return WIDTH, 46 + ROW * (sockets + len(shape["widgets"]))
 
 
+def _vue_height(node):
+    sockets = [i for i in node.get("inputs") or [] if isinstance(i, dict) and not i.get("widget")]
+    widgets = node.get("widgets_values")
+    rows = max(len(sockets), len(node.get("outputs") or []))
+    count = len(widgets) if isinstance(widgets, list) else len(widgets or {})
+    return VUE_HEADER + VUE_SOCKET_ROW * rows + VUE_WIDGET_ROW * count + PREVIEWS.get(node.get("type"), 0)
+
+
 def _box(node):
+    """The node's box in either renderer (title bar included): the larger of the saved size and the Vue one."""
     pos, size = node.get("pos") or [0, 0], node.get("size") or [300, 120]
     if isinstance(pos, dict):
         pos = [pos.get("0", 0), pos.get("1", 0)]
@@ -310,7 +325,8 @@ def _box(node):
         size = [size.get("0", 300), size.get("1", 120)]
     x, y = float(pos[0]), float(pos[1])
     w, h = max(float(size[0]), 60.0), max(float(size[1]), 40.0)
-    if node.get("type") not in ("Note", "MarkdownNote"):
+    if node.get("type") not in NOTES:
+        w, h = max(w, VUE_WIDTH), max(h, _vue_height(node))
         h += 30  # the title bar sits above pos
         y -= 30
     return x, y, w, h
@@ -331,7 +347,7 @@ def resolve_overlaps(data):
             if hit is None:
                 break
             hb = _box(hit)
-            node["pos"] = [node["pos"][0], hb[1] + hb[3] + 40 + (30 if node.get("type") not in ("Note", "MarkdownNote") else 0)]
+            node["pos"] = [node["pos"][0], hb[1] + hb[3] + 40 + (30 if node.get("type") not in NOTES else 0)]
         placed.append(node)
 
 
@@ -406,7 +422,7 @@ class Site:
 
     def add(self, class_type, widgets=None, row=0):
         box = self.conv.layout_of.get(self.id, (0, 0, 300, 100))
-        pos = (box[0] + self.column * (WIDTH + GAP), box[1] + row * 60 + 30)
+        pos = (box[0] + self.column * (VUE_WIDTH + GAP), box[1] + row * 60 + 30)
         node_id = self.g.add_node(class_type, {k: v for k, v in (widgets or {}).items() if v is not None}, pos)
         self.new.append(node_id)
         return node_id

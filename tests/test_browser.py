@@ -176,9 +176,31 @@ def _overlapping(boxes: list[dict]) -> list[tuple]:
     return found
 
 
-def test_converted_graphs_do_not_overlap_in_either_renderer(server):
-    """The menu command converts a leading-pack graph in the browser; converted graphs (that one and the
-    migrated examples) have no overlapping node boxes, measured in the classic canvas and the Vue renderer."""
+def _group_problems(workflow: dict, boxes: list[dict]) -> list[str]:
+    """A group holds the nodes whose position lies in it, whole; it cuts no other node and no other group."""
+    problems = []
+    groups = [(g.get("title", "?"), g["bounding"]) for g in workflow.get("groups") or []]
+    pos = {str(n["id"]): n["pos"] for n in workflow["nodes"]}
+    for i, (title, (gx, gy, gw, gh)) in enumerate(groups):
+        for other, (ox, oy, ow, oh) in groups[i + 1:]:
+            if gx < ox + ow and ox < gx + gw and gy < oy + oh and oy < gy + gh:
+                problems.append(f"groups {title!r} and {other!r} overlap")
+        for b in boxes:
+            x, y, w, h = b["box"]
+            px, py = pos[str(b["id"])][:2]
+            member = gx <= px < gx + gw and gy <= py < gy + gh
+            inside = gx <= x and x + w <= gx + gw and gy <= y and y + h <= gy + gh
+            touches = x < gx + gw and gx < x + w and y < gy + gh and gy < y + h
+            if (member and not inside) or (not member and touches):
+                problems.append(f"node {b['id']} ({b.get('type')}) {'sticks out of' if member else 'cuts'} group {title!r}")
+    return problems
+
+
+def test_node_boxes_do_not_overlap_in_either_renderer(server):
+    """Every example and the graph the menu command converts in the browser: no two node boxes overlap and groups
+    hold their nodes whole, measured in the classic canvas and in the Vue renderer (graph bounds and DOM boxes).
+    tests/relayout_examples.py moves the examples' nodes apart from the boxes these probes measured."""
+    problems = {}
     for vue in (False, True):
         report = _probe(server, vue)
         migrate = report["migrate"]
@@ -188,15 +210,17 @@ def test_converted_graphs_do_not_overlap_in_either_renderer(server):
                                                              "KSampler", "VAE", "Save", "Note"))
                    for n in migrate["nodes"]), migrate["nodes"]
         assert not _ours(migrate["errors"]), migrate["errors"]
-        measured = {"converted in the browser": migrate["boxes"]}
-        measured.update({name: result["boxes"] for name, result in report["workflows"].items()
-                         if name.startswith("likeness_migrated_")})
-        for name, boxes in measured.items():
-            assert not _overlapping(boxes["graph"]), f"{report['mode']} / {name}: {_overlapping(boxes['graph'])}"
-            assert not _overlapping(boxes["dom"]), f"{report['mode']} / {name}: DOM {_overlapping(boxes['dom'])}"
-        others = {name: _overlapping(result["boxes"]["graph"]) + _overlapping(result["boxes"]["dom"])
-                  for name, result in report["workflows"].items() if not name.startswith("likeness_migrated_")}
-        print(f"\n{report['mode']}: overlaps in the other examples: { {k: v for k, v in others.items() if v} }")
+        measured = {"converted in the browser": (migrate["boxes"], None)}
+        measured.update({name: (result["boxes"], json.loads((PACK / "workflows" / f"{name}.json").read_text()))
+                         for name, result in report["workflows"].items()})
+        for name, (boxes, workflow) in measured.items():
+            found = [f"not drawn: {b['id']} ({b['type']})" for b in boxes["graph"] if not (b["box"][2] > 0 and b["box"][3] > 0)]
+            found += [f"overlap {pair}" for pair in _overlapping(boxes["graph"])]
+            found += [f"DOM overlap {pair}" for pair in _overlapping(boxes["dom"])]
+            found += _group_problems(workflow, boxes["graph"]) if workflow else []
+            if found:
+                problems[f"{report['mode']} / {name}"] = found
+    assert not problems, json.dumps(problems, indent=1)
 
 
 def _comparable(prompt: dict) -> dict:
