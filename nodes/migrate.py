@@ -298,7 +298,8 @@ GAP = 60
 # whatever their saved size, and taller rows. Layout reserves the larger of both renderers' boxes.
 VUE_WIDTH = 440
 VUE_HEADER, VUE_SOCKET_ROW, VUE_WIDGET_ROW = 60, 28, 38
-PREVIEWS = {"LoadImage": 430, "LoadImageMask": 430}  # the picture drawn under the widgets
+# drawn below the rows: a picture under LoadImage's widgets, CLIPTextEncode's multi-line text box
+EXTRA_HEIGHT = {"LoadImage": 430, "LoadImageMask": 430, "CLIPTextEncode": 80}
 NOTES = ("Note", "MarkdownNote")
 
 
@@ -313,7 +314,7 @@ def _vue_height(node):
     widgets = node.get("widgets_values")
     rows = max(len(sockets), len(node.get("outputs") or []))
     count = len(widgets) if isinstance(widgets, list) else len(widgets or {})
-    return VUE_HEADER + VUE_SOCKET_ROW * rows + VUE_WIDGET_ROW * count + PREVIEWS.get(node.get("type"), 0)
+    return VUE_HEADER + VUE_SOCKET_ROW * rows + VUE_WIDGET_ROW * count + EXTRA_HEIGHT.get(node.get("type"), 0)
 
 
 def _box(node):

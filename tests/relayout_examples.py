@@ -31,7 +31,7 @@ def measured_extents(report_dir: Path) -> dict:
         report = json.loads(path.read_text())
         for name, result in report["workflows"].items():
             pos = {str(n["id"]): n["pos"] for n in result["saved"]["nodes"]}  # where the probe had the nodes
-            for box in result["boxes"]["graph"]:
+            for box in result["boxes"]["graph"] + result["boxes"]["dom"]:  # both in graph units
                 x, y, w, h = box["box"]
                 if w <= 0 or h <= 0 or str(box["id"]) not in pos:
                     continue

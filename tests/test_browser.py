@@ -196,6 +196,13 @@ def _group_problems(workflow: dict, boxes: list[dict]) -> list[str]:
     return problems
 
 
+def _drawn(boxes: dict) -> list[dict]:
+    """Graph bounds, where the Vue renderer of frontend 1.27 left a node's size at 0 its DOM box (both in graph units)."""
+    dom = {str(b["id"]): b["box"] for b in boxes["dom"]}
+    return [b if (b["box"][2] > 0 and b["box"][3] > 0) or str(b["id"]) not in dom else {**b, "box": dom[str(b["id"])]}
+            for b in boxes["graph"]]
+
+
 def test_node_boxes_do_not_overlap_in_either_renderer(server):
     """Every example and the graph the menu command converts in the browser: no two node boxes overlap and groups
     hold their nodes whole, measured in the classic canvas and in the Vue renderer (graph bounds and DOM boxes).
@@ -214,10 +221,11 @@ def test_node_boxes_do_not_overlap_in_either_renderer(server):
         measured.update({name: (result["boxes"], json.loads((PACK / "workflows" / f"{name}.json").read_text()))
                          for name, result in report["workflows"].items()})
         for name, (boxes, workflow) in measured.items():
-            found = [f"not drawn: {b['id']} ({b['type']})" for b in boxes["graph"] if not (b["box"][2] > 0 and b["box"][3] > 0)]
-            found += [f"overlap {pair}" for pair in _overlapping(boxes["graph"])]
+            drawn = _drawn(boxes)
+            found = [f"not drawn: {b['id']} ({b['type']})" for b in drawn if not (b["box"][2] > 0 and b["box"][3] > 0)]
+            found += [f"overlap {pair}" for pair in _overlapping(drawn)]
             found += [f"DOM overlap {pair}" for pair in _overlapping(boxes["dom"])]
-            found += _group_problems(workflow, boxes["graph"]) if workflow else []
+            found += _group_problems(workflow, drawn) if workflow else []
             if found:
                 problems[f"{report['mode']} / {name}"] = found
     assert not problems, json.dumps(problems, indent=1)
