@@ -146,7 +146,7 @@ def test_workflows_load_and_run_in_the_browser(server, vue):
     # Every node that sent text (ui.PreviewText) shows it after the run, not only the checks.
     sent = {node_id: "\n".join(o["text"]) for node_id, o in run["outputs"].items() if o.get("text")}
     panels = {p["id"]: p for p in run["panels"]}
-    assert {node_id: panels.get(node_id, {}).get("text") for node_id in sent} == sent, (sent, run["panels"])
+    assert {node_id: panels.get(node_id, {}).get("text") for node_id in sent} == sent, (sent, run["panels"], run.get("debug"))
     others = [panels[node_id] for node_id in sent if panels[node_id]["type"] not in CHECKS]
     assert others, f"{RUN}: no node other than a check sent text: {sent}"
     assert all(p["shown"] for p in others) or not panels_render, f"{report['mode']}: text not visible: {others}"
