@@ -10,6 +10,7 @@ routes.register()  # /likeness/* routes for web/js/likeness.js, when a server ru
 from .apply import LikenessApply, LikenessApplySimple  # noqa: E402
 from .encode import LikenessImageEncode  # noqa: E402
 from .face import LikenessFaceEmbed, LikenessFaceModelLoader  # noqa: E402
+from .instantid import LikenessFaceKeypoints, LikenessInstantID, LikenessInstantIDControl  # noqa: E402
 from .loaders import LikenessAdapterLoader  # noqa: E402
 from .merge import LikenessMergeReferences  # noqa: E402
 from .project import LikenessProject  # noqa: E402
@@ -19,7 +20,7 @@ from .unified import LikenessModelDoctor, LikenessUnifiedLoader  # noqa: E402
 NODES = [
     LikenessAdapterLoader, LikenessUnifiedLoader, LikenessModelDoctor, LikenessImageEncode, LikenessProject,
     LikenessApply, LikenessApplySimple, LikenessFaceModelLoader, LikenessFaceEmbed, LikenessMergeReferences,
-    LikenessSaveReferences, LikenessLoadReferences,
+    LikenessSaveReferences, LikenessLoadReferences, LikenessFaceKeypoints, LikenessInstantIDControl, LikenessInstantID,
 ]
 
 

@@ -6,6 +6,7 @@ from .host.api import LikenessNode, io, ui
 
 from . import types
 from .core.face import CROP_SIZES, ON_NO_FACE, SELECT_MODES
+from .core.instantid import keypoint_images
 from .host import face as host_face
 
 FaceModel = types.FaceModel
@@ -80,11 +81,15 @@ class LikenessFaceEmbed(LikenessNode):
                                             "and Portrait."),
             ],
             outputs=[types.References.Output(display_name="references"),
-                     io.Image.Output(display_name="crops")],
+                     io.Image.Output(display_name="crops"),
+                     io.Image.Output(display_name="keypoints",
+                                     tooltip="InstantID's keypoint drawing of each embedded face, on a canvas of its "
+                                             "photo's size: the hint for Likeness InstantID Control.")],
         )
 
     @classmethod
     def execute(cls, face_model, image, select, index, on_no_face, crop_size, clip_vision=None) -> io.NodeOutput:
         refs, crops, summary = host_face.embed_faces(face_model, image, select, index, on_no_face, int(crop_size),
                                                      clip_vision)
-        return io.NodeOutput(refs, crops, ui=ui.PreviewText(summary))
+        keypoints = keypoint_images(refs.face.keypoints, refs.face.image_sizes)
+        return io.NodeOutput(refs, crops, keypoints, ui=ui.PreviewText(summary))

@@ -6,6 +6,8 @@ Tensors                              Metadata (all strings)
   image.empty_penultimate[1, S, H]     image.encoder, image.hidden_width (H), image.embed_width (E),
   face.normed            [N, W]          image.tokens (S), image.source
   face.raw               [N, W]        face.model, face.width (W)
+  face.keypoints         [N, 5, 2]     face.keypoints = "5" when the two pose tensors are there (format 2)
+  face.image_sizes       [N, 2] int64
 
 Loading checks the metadata against the tensors (names, shapes, count, widths, dtype, finite values), so a
 damaged file or a file of another kind stops with a message that names it.
@@ -23,9 +25,10 @@ from .errors import ReferencesFileError
 from .references import EncoderInfo, FaceIdentity, ImageFeatures, References
 
 FORMAT = "likeness.references"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added each face's keypoints and photo size; files without them are still written as 1
 IMAGE_TENSORS = ("image.image_embeds", "image.penultimate", "image.empty_penultimate")
 FACE_TENSORS = ("face.normed", "face.raw")
+POSE_TENSORS = ("face.keypoints", "face.image_sizes")
 _PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
@@ -40,7 +43,8 @@ def likeness_version() -> str:
 
 def to_tensors_and_metadata(refs: References) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     parts = [p for p, v in (("image", refs.image), ("face", refs.face)) if v is not None]
-    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "likeness_version": likeness_version(),
+    # format 1 unless the file holds keypoints, so Likeness versions that know no keypoints still read it
+    meta = {"format": FORMAT, "format_version": "1", "likeness_version": likeness_version(),
             "count": str(refs.count), "parts": ",".join(parts)}
     tensors = {}
     if refs.image is not None:
@@ -53,6 +57,10 @@ def to_tensors_and_metadata(refs: References) -> tuple[dict[str, torch.Tensor], 
     if refs.face is not None:
         tensors.update({"face.normed": refs.face.normed, "face.raw": refs.face.raw})
         meta.update({"face.model": refs.face.model, "face.width": str(refs.face.normed.shape[-1])})
+        if refs.face.keypoints is not None:
+            tensors.update({"face.keypoints": refs.face.keypoints.float(),
+                            "face.image_sizes": refs.face.image_sizes.long()})
+            meta.update({"face.keypoints": "5", "format_version": "2"})
     # safetensors refuses views that share storage; a clone per tensor keeps the bytes exactly
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     return tensors, meta
@@ -121,7 +129,9 @@ def from_tensors_and_metadata(tensors: dict[str, torch.Tensor], meta: dict | Non
     if not parts or parts - {"image", "face"}:
         raise ReferencesFileError(
             f"`{name}` is damaged: metadata `parts` should list `image` and/or `face`, found {meta.get('parts')!r}.")
-    expected = set(IMAGE_TENSORS if "image" in parts else ()) | set(FACE_TENSORS if "face" in parts else ())
+    pose = "face" in parts and meta.get("face.keypoints") is not None
+    expected = (set(IMAGE_TENSORS if "image" in parts else ()) | set(FACE_TENSORS if "face" in parts else ())
+                | set(POSE_TENSORS if pose else ()))
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
         raise ReferencesFileError(
@@ -152,7 +162,18 @@ def from_tensors_and_metadata(tensors: dict[str, torch.Tensor], meta: dict | Non
             raise ReferencesFileError(f"`{name}` is damaged: metadata `face.model` (the face model) is missing.")
         for key in FACE_TENSORS:
             _check_shape(name, key, tensors[key], (count, width), f"count {count}, identity width {width}")
-        face = FaceIdentity(model, tensors["face.normed"], tensors["face.raw"])
+        keypoints = sizes = None
+        if pose:
+            if meta.get("face.keypoints") != "5":
+                raise ReferencesFileError(f"`{name}` is damaged: metadata `face.keypoints` should be 5, found "
+                                          f"{meta.get('face.keypoints')!r}.")
+            keypoints, sizes = tensors["face.keypoints"], tensors["face.image_sizes"]
+            _check_shape(name, "face.keypoints", keypoints, (count, 5, 2), f"count {count}, 5 keypoints")
+            if tuple(sizes.shape) != (count, 2) or sizes.dtype != torch.int64 or not bool((sizes > 0).all()):
+                raise ReferencesFileError(
+                    f"`{name}` is damaged: tensor `face.image_sizes` should hold {count} positive (width, height) "
+                    f"pairs as int64; found {sizes.dtype} of shape {tuple(sizes.shape)}.")
+        face = FaceIdentity(model, tensors["face.normed"], tensors["face.raw"], keypoints, sizes)
     return References(image=image, face=face)
 
 

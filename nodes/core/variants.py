@@ -7,6 +7,7 @@ them from here.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from dataclasses import dataclass
@@ -105,6 +106,13 @@ class Variant:
     faceid: bool = False
     lora: bool = False  # trained together with a LoRA on the UNet's attention (FaceID, FaceID Plus)
     note: str = ""
+    face_pack: str = "buffalo_l"  # the insightface pack whose identities it was trained on (FaceID families)
+    folder: str = "ipadapter"  # the model folder its files go in
+    source: str = ""  # where the official files are published
+    # Rows that share one layout are told apart by what else the published file shows: the dtypes of its
+    # `image_proj` and `ip_adapter` groups (safetensors names: F32, F16, BF16), then a file name pattern.
+    stored_dtypes: tuple[str, str] | None = None
+    name_hint: str = ""
 
 
 _H, _G = 1280, 1664  # hidden widths (ViT-H, ViT-bigG)
@@ -144,10 +152,32 @@ VARIANTS: tuple[Variant, ...] = (
             "SDXL", 512, 4, ("ip-adapter-faceid-plusv2_sdxl.bin",), faceid=True, lora=True),
     Variant("sdxl-faceid-portrait", "FaceID Portrait", Layout.FACEID_MLP, Feature.FACE_ID, "SDXL", 512, 16,
             ("ip-adapter-faceid-portrait_sdxl.bin",), faceid=True),
+    # InstantID comes first of the two rows with this layout: it is what a file that shows nothing else is taken for.
+    Variant("sdxl-instantid", "InstantID", Layout.RESAMPLER, Feature.FACE_ID, "SDXL", 512, 16, ("ip-adapter.bin",),
+            faceid=True, face_pack="antelopev2", folder="instantid", source="huggingface.co/InstantX/InstantID",
+            stored_dtypes=("F32", "F32"), name_hint=r"instant",
+            note="takes the raw antelopev2 identity embedding; pairs with the IdentityNet ControlNet "
+                 "(Likeness InstantID Control)"),
     Variant("sdxl-faceid-portrait-unnorm", "FaceID Portrait (unnorm)", Layout.RESAMPLER, Feature.FACE_ID,
             "SDXL", 512, 16, ("ip-adapter-faceid-portrait_sdxl_unnorm.bin",), faceid=True,
+            stored_dtypes=("F32", "F16"), name_hint=r"portrait|unnorm",
             note="takes the raw, un-normalised identity embedding"),
 )
+
+
+def variant_by_key(key: str) -> Variant:
+    return next(v for v in VARIANTS if v.key == key)
+
+
+def shared_layout_titles() -> tuple[str, ...]:
+    """Titles of the rows whose layout another row shares: the choices a loader offers to override detection."""
+    def layout_of(v):
+        return (v.layout, v.feature, v.family, v.input_width, v.tokens)
+
+    counts: dict = {}
+    for v in VARIANTS:
+        counts[layout_of(v)] = counts.get(layout_of(v), 0) + 1
+    return tuple(v.title for v in VARIANTS if counts[layout_of(v)] > 1)
 
 
 @dataclass(frozen=True)
@@ -163,6 +193,19 @@ class Detected:
     layer_widths: tuple[int, ...]  # inner width of each of those layers
     has_lora: bool
     variant: Variant | None  # the official row, when one matches
+    alternatives: tuple[Variant, ...] = ()  # other rows with the same layout, when several match
+    reason: str = ""  # why `variant` was chosen among them
+
+    def as_variant(self, title: str) -> "Detected":
+        """The same detection with `variant` set to the row titled `title`, which must share this layout."""
+        for v in (self.variant, *self.alternatives):
+            if v is not None and v.title == title:
+                others = tuple(a for a in (self.variant, *self.alternatives) if a is not None and a is not v)
+                return dataclasses.replace(self, variant=v, alternatives=others, reason="set on the loader")
+        shared = ", ".join(v.title for v in (self.variant, *self.alternatives) if v is not None) or "none"
+        raise AdapterFileError(
+            f"this adapter cannot be used as {title}: its layout ({self.summary().split(';')[0]}) is not {title}'s. "
+            f"Adapters of this layout: {shared}. Set the loader's variant to auto.")
 
     @property
     def family(self) -> str:
@@ -207,13 +250,17 @@ class Detected:
                    else "one token per encoder hidden state (257 per reference with ViT-H)")
         parts = [f"{title} for {self.family}", per_ref]
         if self.faceid:
-            parts.append("identity embedding input (use the FaceID nodes)")
+            pack = self.variant.face_pack if self.variant else "a face model pack"
+            parts.append(f"identity embedding input from {pack} (use the FaceID nodes: Likeness Face Embed)")
         else:
             parts.append(f"needs {self.encoder_requirement()}")
         if self.variant and len(self.variant.files) > 1:
             parts.append("same layout as " + ", ".join(self.variant.files))
         if self.variant and self.variant.note:
             parts.append(self.variant.note)
+        if self.alternatives:
+            parts.append(f"taken for {self.variant.title} rather than "
+                         + " or ".join(a.title for a in self.alternatives) + f" because {self.reason}")
         return "; ".join(parts)
 
 
@@ -225,10 +272,12 @@ def _shape(shapes: Mapping[str, Sequence[int]], key: str) -> tuple[int, ...] | N
     return None if s is None else tuple(int(d) for d in s)
 
 
-def detect(shapes: Mapping[str, Sequence[int]], source: str) -> Detected:
+def detect(shapes: Mapping[str, Sequence[int]], source: str, dtypes: Mapping[str, str] | None = None,
+           path: str = "") -> Detected:
     """Detect an adapter from `{"image_proj.<k>" | "ip_adapter.<k>": shape}`.
 
-    `source` names the file in messages.
+    `source` names the file in messages. Where two published adapters share one layout, the tensors' `dtypes`
+    (safetensors names) and then the file's `path` (default: `source`) tell them apart (see `tell_apart`).
     """
     kv: dict[int, dict[str, tuple[int, ...]]] = {}
     for key, shape in shapes.items():
@@ -296,10 +345,51 @@ def detect(shapes: Mapping[str, Sequence[int]], source: str) -> Detected:
     else:
         tokens_for_match = tokens
     fam = family_name(context, len(layer_ids))
-    variant = next((v for v in VARIANTS if v.layout is layout and v.family == fam
-                    and v.input_width == input_width and v.tokens == tokens_for_match
-                    and v.feature is feature), None)
-    return Detected(layout, feature, input_width, context, tokens, layer_ids, tuple(widths), has_lora, variant)
+    rows = [v for v in VARIANTS if v.layout is layout and v.family == fam and v.input_width == input_width
+            and v.tokens == tokens_for_match and v.feature is feature]
+    if len(rows) < 2:
+        return Detected(layout, feature, input_width, context, tokens, layer_ids, tuple(widths), has_lora,
+                        rows[0] if rows else None)
+    variant, reason = tell_apart(rows, group_dtypes(dtypes), path or source)
+    return Detected(layout, feature, input_width, context, tokens, layer_ids, tuple(widths), has_lora, variant,
+                    tuple(v for v in rows if v is not variant), reason)
+
+
+def group_dtypes(dtypes: Mapping[str, str] | None) -> tuple[str, str] | None:
+    """(dtype of `image_proj`, dtype of `ip_adapter`) when each group has one; None when unknown or mixed."""
+    if not dtypes:
+        return None
+    found = []
+    for group in ("image_proj.", "ip_adapter."):
+        kinds = {d for k, d in dtypes.items() if k.startswith(group) and "_lora." not in k}
+        if len(kinds) != 1:
+            return None
+        found.append(kinds.pop())
+    return found[0], found[1]
+
+
+def tell_apart(rows: Sequence[Variant], stored: tuple[str, str] | None, path: str) -> tuple[Variant, str]:
+    """Which of several rows with one layout a file is, and why, from what the file shows beyond its shapes.
+
+    1. The dtypes of its two tensor groups, when they are those of exactly one published file (InstantID's
+       `ip-adapter.bin` is all float32; FaceID Portrait unnorm's `.bin` stores its attention weights in float16).
+    2. Otherwise (a converted file), a name pattern in its path: the file name or a folder such as models/instantid.
+    3. Otherwise the first row: nothing tells, and the loader offers an override.
+    """
+    if stored is not None:
+        by_dtype = [v for v in rows if v.stored_dtypes == stored]
+        if len(by_dtype) == 1:
+            v = by_dtype[0]
+            return v, (f"its tensors are stored as the published {v.title} file's are ({stored[0]} projection, "
+                       f"{stored[1]} attention weights)")
+    # the file name and its folder (models/instantid/...), not the whole path, which may say anything
+    low = "/".join(path.lower().replace("\\", "/").split("/")[-2:])
+    by_name = [v for v in rows if v.name_hint and re.search(v.name_hint, low)]
+    if len(by_name) == 1:
+        return by_name[0], f"its name says so (`{by_name[0].name_hint}` in `{low}`)"
+    shown = f"{stored[0]}/{stored[1]}" if stored else "mixed or unknown"
+    return rows[0], (f"neither its precision ({shown}) nor its name tells; {rows[0].title} is the common one, "
+                     "set the loader's variant to override")
 
 
 def _projection_output_width(shapes, layout: Layout) -> int | None:

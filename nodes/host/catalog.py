@@ -13,7 +13,7 @@ import folder_paths
 from ..core import checkpoint
 from ..core.errors import LikenessError
 from ..core.variants import Detected, Encoder, detect, detect_encoder
-from .folders import file_version
+from .folders import ADAPTER_FOLDERS, file_version
 
 log = logging.getLogger(__name__)
 _cache: dict[tuple, tuple] = {}
@@ -58,7 +58,8 @@ def _inspect(path: str, reader) -> tuple:
 
 
 def _adapter(path: str) -> Detected:
-    return detect(checkpoint.read_shapes(path), os.path.basename(path))
+    shapes, dtypes = checkpoint.read_header(path)
+    return detect(shapes, os.path.basename(path), dtypes, path)
 
 
 def _encoder(path: str) -> Encoder | None:
@@ -76,7 +77,12 @@ def _entries(folder: str, reader, names=None) -> list[Entry]:
 
 
 def adapters() -> list[Entry]:
-    return _entries("ipadapter", _adapter)
+    out, seen = [], set()
+    for folder in ADAPTER_FOLDERS:
+        entries = _entries(folder, _adapter, [n for n in folder_paths.get_filename_list(folder) if n not in seen])
+        seen.update(e.name for e in entries)
+        out += entries
+    return out
 
 
 def encoders() -> list[Entry]:

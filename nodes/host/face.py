@@ -342,7 +342,7 @@ def embed_faces(face_model: FaceModel, image: torch.Tensor, select: str = "large
         raise InputError(f"image should be a non-empty IMAGE batch [batch, height, width, channels]; got shape "
                          f"{tuple(image.shape)}.")
     n = image.shape[0]
-    raws, crops, skipped = [], [], []
+    raws, crops, skipped, kpss = [], [], [], []
     bar = comfy.utils.ProgressBar(n)
     for i in range(n):
         bgr = to_bgr_uint8(image[i], i)
@@ -357,13 +357,17 @@ def embed_faces(face_model: FaceModel, image: torch.Tensor, select: str = "large
         else:
             raws.append(face_model.embed(bgr, face.kps))
             crops.append(align_face(bgr, face.kps, crop_size))
+            kpss.append(face.kps)
         bar.update(1)
     if not raws:
         raise NoFaceError(
             f"none of the {n} reference image(s) gave a face (on_no_face is skip, so all were skipped). Use photos "
             "with a clearly visible face, or crop closer around the face.")
     raw = np.stack(raws).astype(np.float32)
-    identity = FaceIdentity(face_model.pack, torch.from_numpy(normalise(raw)), torch.from_numpy(raw))
+    height, width = image.shape[1:3]
+    identity = FaceIdentity(face_model.pack, torch.from_numpy(normalise(raw)), torch.from_numpy(raw),
+                            keypoints=torch.from_numpy(np.stack(kpss).astype(np.float32)),
+                            image_sizes=torch.tensor([[width, height]] * len(raws)))
     crop_image = crops_to_image(crops)
     features = None
     if clip_vision is not None:

@@ -28,8 +28,12 @@ def register_folder(name: str, extensions: set[str]) -> None:
     folder_paths.folder_names_and_paths[name] = (paths, set(extensions))
 
 
+ADAPTER_FOLDERS = ("ipadapter", "instantid")  # adapter loaders list both; InstantID's file usually sits in the latter
+
+
 def register_all() -> None:
     register_folder("ipadapter", ADAPTER_EXTENSIONS)
+    register_folder("instantid", ADAPTER_EXTENSIONS)
     register_folder("insightface", {".onnx"})  # face model packs live in <folder>/models/<pack>/*.onnx
 
 
@@ -52,15 +56,20 @@ def check_listed(name, listed, what: str, where: str) -> str:
 
 
 def adapter_files() -> list[str]:
-    return folder_paths.get_filename_list("ipadapter")
+    """Adapter files of every adapter folder, each name once (an ipadapter file wins over an instantid one)."""
+    names: dict[str, None] = {}
+    for folder in ADAPTER_FOLDERS:
+        names.update(dict.fromkeys(folder_paths.get_filename_list(folder)))
+    return list(names)
 
 
 def adapter_path(name: str) -> str:
-    check_listed(name, adapter_files(), "adapter", "the ipadapter folders")
-    path = folder_paths.get_full_path("ipadapter", name)
-    if path is None:
-        searched = ", ".join(folder_paths.get_folder_paths("ipadapter"))
-        raise AdapterFileError(f"adapter `{name}` was not found in the ipadapter folders ({searched}). Put the file "
-                               "in models/ipadapter (or a folder listed under `ipadapter:` in extra_model_paths.yaml) "
-                               "and refresh the page.")
-    return path
+    check_listed(name, adapter_files(), "adapter", "the ipadapter and instantid folders")
+    for folder in ADAPTER_FOLDERS:
+        path = folder_paths.get_full_path(folder, name)
+        if path is not None:
+            return path
+    searched = ", ".join(p for folder in ADAPTER_FOLDERS for p in folder_paths.get_folder_paths(folder))
+    raise AdapterFileError(f"adapter `{name}` was not found in the adapter folders ({searched}). Put the file in "
+                           "models/ipadapter or models/instantid (or a folder listed under `ipadapter:` or "
+                           "`instantid:` in extra_model_paths.yaml) and refresh the page.")
