@@ -111,7 +111,7 @@ def _load_tiny_loaders():
 
 tiny_loaders = _load_tiny_loaders()
 for _cls in (LikenessTestTinyUNet, LikenessTestCapture, tiny_loaders.LikenessTestTinyCLIPVision,
-             tiny_loaders.LikenessTestTinyCheckpoint):
+             tiny_loaders.LikenessTestTinyCheckpoint, tiny_loaders.LikenessTestTinyControlNet):
     nodes.NODE_CLASS_MAPPINGS[_cls.__name__] = _cls
 
 

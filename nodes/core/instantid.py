@@ -131,8 +131,8 @@ MAX_CANVAS = 16384
 
 
 def _dimmed(colour: Sequence[int]) -> tuple[int, ...]:
-    # The original fills a float canvas and truncates canvas * 0.6 to uint8 once; every pixel holds one colour, so
-    # truncating the colour gives the same bytes (255 * 0.6 is 152.99999999999997 in binary: 152).
+    # The original fills a float canvas and truncates canvas * 0.6 to uint8 once; every pixel holds one colour (the
+    # fill is not anti-aliased), so truncating the colour gives the same bytes.
     return tuple(int(c * LIMB_BRIGHTNESS) for c in colour)
 
 

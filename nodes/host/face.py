@@ -147,8 +147,9 @@ def find_pack(pack: str) -> str:
     raise FaceModelError(
         f"face model pack `{pack}` was not found: expected {os.path.join(target, '*.onnx')} ({_expected_files(pack)})."
         f" Searched the insightface model folders: {', '.join(roots) or '(none registered)'}.{hint} Download the "
-        f"pack ({pack}.zip from the insightface model zoo) and unpack it there; extra_model_paths.yaml can add "
-        "folders under an `insightface:` key.")
+        f"pack ({pack}.zip from the insightface model zoo) and unpack it in {os.path.dirname(target)}: the archive "
+        f"holds a `{pack}` folder, so unpacking it inside an existing {pack} folder gives {pack}/{pack}/, which is "
+        "found too. extra_model_paths.yaml can add folders under an `insightface:` key.")
 
 
 def _import_insightface():
