@@ -574,3 +574,76 @@ def test_identity_tokens_and_keys_are_shared_across_clones(iid_adapter):
     prompts = {p for r in replaces.values() for p in r.prompts}
     assert len(prompts) == 1  # one set of K/V for all 70 sites, computed once
     assert "patches_replace" not in model.model_options["transformer_options"]
+
+
+# ---------------------------------------------------------------- the unified loader and the doctor
+
+@pytest.fixture()
+def instantid_folders(tmp_path):
+    """Fresh adapter, controlnet and insightface folders (the only ones searched), as extra_model_paths.yaml adds."""
+    kinds = ("ipadapter", "instantid", "controlnet", "insightface")
+    saved = {k: folder_paths.folder_names_and_paths[k] for k in kinds}
+    for kind in kinds:
+        (tmp_path / kind).mkdir()
+        folder_paths.folder_names_and_paths[kind] = ([str(tmp_path / kind)], saved[kind][1])
+    folder_paths.filename_list_cache.clear()
+    yield tmp_path
+    folder_paths.folder_names_and_paths.update(saved)
+    folder_paths.filename_list_cache.clear()
+
+
+def test_instantid_preset_finds_adapter_antelopev2_and_identitynet(instantid_folders):
+    root = instantid_folders
+    # a converted (float16) full-size InstantID in models/instantid: the folder names it
+    write_header_only(root / "instantid" / "ip-adapter.safetensors", published_instantid_shapes(), ("F16", "F16"))
+    (root / "controlnet" / "instantid").mkdir()
+    tiny = builders.tiny_identitynet_state(seed=2)
+    builders.save_safetensors(str(root / "controlnet" / "instantid" / "diffusion_pytorch_model.safetensors"), tiny)
+    builders.save_safetensors(str(root / "controlnet" / "canny_sdxl.safetensors"), tiny)  # any other ControlNet
+    fm.write_pack(str(root / "insightface" / "models" / "antelopev2"), style="antelopev2")
+    fm.write_pack(str(root / "insightface" / "models" / "buffalo_l"))
+    folder_paths.filename_list_cache.clear()
+    catalog = pack("nodes.host.catalog")
+    assert [e.name.replace(os.sep, "/") for e in catalog.identitynets()] == [
+        "instantid/diffusion_pytorch_model.safetensors"]
+    unified = pack("nodes.unified")
+    model = builders.build_unet("sdxl", tiny=False)
+    with builders.comfy_knows_the_tiny_sdxl():
+        out = unified.LikenessUnifiedLoader.execute(model, "INSTANTID", 0.6, "buffalo_l")
+    returned, adapter, clip_vision, face_model, control_net = out.args
+    assert returned is model and clip_vision is None  # InstantID has no LoRA and reads no CLIP features
+    assert instantid.is_instantid(adapter) and face_model.pack == "antelopev2"
+    assert isinstance(control_net, comfy.controlnet.ControlNet)
+    text = str(out.ui.as_dict()) if hasattr(out.ui, "as_dict") else str(out.ui)
+    assert "replaced" in text and "instantid" in text
+    (root / "controlnet" / "instantid" / "diffusion_pytorch_model.safetensors").unlink()
+    folder_paths.filename_list_cache.clear()
+    out = unified.LikenessUnifiedLoader.execute(model, "INSTANTID", 0.6, "antelopev2")
+    assert out.args[4] is None
+    text = str(out.ui.as_dict()) if hasattr(out.ui, "as_dict") else str(out.ui)
+    assert "no IdentityNet ControlNet found" in text and "InstantX/InstantID" in text
+
+
+def test_instantid_preset_missing_adapter_and_doctor(instantid_folders):
+    presets = pack("nodes.core.presets")
+    unified = pack("nodes.unified")
+    with pytest.raises(presets.MissingModelError) as e:
+        unified.choose_adapter("INSTANTID", "SDXL")
+    text = str(e.value)
+    assert "ip-adapter.bin" in text and "huggingface.co/InstantX/InstantID" in text and "models/instantid" in text
+    assert str(instantid_folders / "instantid") in text and str(instantid_folders / "ipadapter") in text
+    with pytest.raises(presets.MissingModelError, match="exists only for SDXL"):
+        presets.choice_for("INSTANTID", "SD1.5")
+    report = pack("nodes.doctor").report()
+    assert "InstantID (SDXL)" in report and "non-commercial research" in report and "consent" in report
+    assert "missing: ip-adapter.bin from huggingface.co/InstantX/InstantID -> models/instantid" in report
+    assert "missing: diffusion_pytorch_model.safetensors" in report and "antelopev2 missing" in report
+    assert f"instantid: {instantid_folders / 'instantid'}" in report and "controlnet: " in report
+    write_header_only(instantid_folders / "instantid" / "ip-adapter.safetensors", published_instantid_shapes(),
+                      ("F32", "F32"))
+    fm.write_pack(str(instantid_folders / "insightface" / "models" / "antelopev2"), style="antelopev2")
+    folder_paths.filename_list_cache.clear()
+    report = pack("nodes.doctor").report()
+    assert "  adapter: ip-adapter.safetensors" in report and "antelopev2 found" in report
+    row = next(line for line in report.splitlines() if "INSTANTID" in line)
+    assert row.startswith("  OK ") and "ControlNet not found" in row

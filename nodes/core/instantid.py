@@ -14,7 +14,8 @@ and the keypoint drawing.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ import torch
 from .adapter import Adapter
 from .errors import IncompatibleError, InputError
 from .references import FaceIdentity, ImageTokens, References, working_projection
-from .variants import VARIANTS, variant_by_key
+from .variants import VARIANTS, family_name, variant_by_key
 
 VARIANT = "sdxl-instantid"  # its row in the variants table
 DEFAULT_NOISE = 0.35
@@ -40,6 +41,37 @@ def is_instantid(adapter: Adapter) -> bool:
 
 def is_instantid_tokens(tokens: ImageTokens) -> bool:
     return tokens.variant == VARIANT
+
+
+# ---------------------------------------------------------------- IdentityNet files
+
+IDENTITYNET_NAMES = r"instant|identitynet"  # names that mark a ControlNet file as InstantID's
+
+
+@dataclass(frozen=True)
+class ControlNetFile:
+    """What a ControlNet file's header shows: its key layout and the width of the context it cross-attends to."""
+
+    layout: str  # "diffusers" (as InstantX published IdentityNet) or "ComfyUI"
+    context_width: int | None  # None: no cross-attention
+
+    def describe(self) -> str:
+        if self.context_width is None:
+            return f"ControlNet ({self.layout} layout) without cross-attention: not IdentityNet"
+        return (f"ControlNet ({self.layout} layout) for {family_name(self.context_width)}, "
+                f"{self.context_width}-wide cross-attention")
+
+
+def inspect_controlnet(shapes: Mapping[str, Sequence[int]]) -> ControlNetFile | None:
+    """A UNet ControlNet's layout and context width from its tensor shapes, or None for any other file."""
+    if "controlnet_cond_embedding.conv_in.weight" in shapes:
+        layout = "diffusers"
+    elif any(k.endswith("input_hint_block.0.weight") for k in shapes):
+        layout = "ComfyUI"
+    else:
+        return None
+    context = next((int(shapes[k][1]) for k in sorted(shapes) if k.endswith("attn2.to_k.weight")), None)
+    return ControlNetFile(layout, context)
 
 
 # ---------------------------------------------------------------- identity tokens

@@ -113,6 +113,9 @@ class Variant:
     # `image_proj` and `ip_adapter` groups (safetensors names: F32, F16, BF16), then a file name pattern.
     stored_dtypes: tuple[str, str] | None = None
     name_hint: str = ""
+    # A ControlNet trained with the adapter (InstantID's IdentityNet): its published file name and where it is.
+    controlnet_file: str = ""
+    controlnet_source: str = ""
 
 
 _H, _G = 1280, 1664  # hidden widths (ViT-H, ViT-bigG)
@@ -155,7 +158,8 @@ VARIANTS: tuple[Variant, ...] = (
     # InstantID comes first of the two rows with this layout: it is what a file that shows nothing else is taken for.
     Variant("sdxl-instantid", "InstantID", Layout.RESAMPLER, Feature.FACE_ID, "SDXL", 512, 16, ("ip-adapter.bin",),
             faceid=True, face_pack="antelopev2", folder="instantid", source="huggingface.co/InstantX/InstantID",
-            stored_dtypes=("F32", "F32"), name_hint=r"instant",
+            stored_dtypes=("F32", "F32"), name_hint=r"instant", controlnet_file="diffusion_pytorch_model.safetensors",
+            controlnet_source="huggingface.co/InstantX/InstantID (folder ControlNetModel)",
             note="takes the raw antelopev2 identity embedding; pairs with the IdentityNet ControlNet "
                  "(Likeness InstantID Control)"),
     Variant("sdxl-faceid-portrait-unnorm", "FaceID Portrait (unnorm)", Layout.RESAMPLER, Feature.FACE_ID,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 
@@ -12,7 +13,8 @@ import folder_paths
 
 from ..core import checkpoint
 from ..core.errors import LikenessError
-from ..core.variants import Detected, Encoder, detect, detect_encoder
+from ..core.instantid import IDENTITYNET_NAMES, VARIANT as INSTANTID, ControlNetFile, inspect_controlnet
+from ..core.variants import Detected, Encoder, detect, detect_encoder, variant_by_key
 from .folders import ADAPTER_FOLDERS, file_version
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ class Entry:
     folder: str  # model folder name: ipadapter, clip_vision, loras
     name: str  # as listed by ComfyUI (may include a sub-folder)
     path: str
-    found: Detected | Encoder | None
+    found: Detected | Encoder | ControlNetFile | None
     problem: str = ""
 
     def describe(self) -> str:
@@ -33,7 +35,7 @@ class Entry:
             return f"unusable: {self.problem}"
         if isinstance(self.found, Detected):
             return self.found.summary()
-        if isinstance(self.found, Encoder):
+        if isinstance(self.found, (Encoder, ControlNetFile)):
             return self.found.describe()
         return "not recognised"
 
@@ -92,6 +94,23 @@ def encoders() -> list[Entry]:
 def faceid_loras() -> list[Entry]:
     names = [n for n in folder_paths.get_filename_list("loras") if "faceid" in os.path.basename(n).lower()]
     return [Entry("loras", n, folder_paths.get_full_path("loras", n) or "", None) for n in names]
+
+
+def _controlnet(path: str) -> ControlNetFile | None:
+    return inspect_controlnet(checkpoint.read_shapes(path))
+
+
+def identitynets() -> list[Entry]:
+    """ControlNets that can be InstantID's IdentityNet, best first: files with cross-attention named for InstantID,
+    then files under IdentityNet's published name. Their weights look like any SDXL ControlNet's, so the name
+    decides; only .safetensors headers are read."""
+    official = variant_by_key(INSTANTID).controlnet_file
+    names = [n for n in folder_paths.get_filename_list("controlnet") if n.lower().endswith(".safetensors")]
+    found = [e for e in _entries("controlnet", _controlnet, names)
+             if isinstance(e.found, ControlNetFile) and e.found.context_width]
+    named = [e for e in found if re.search(IDENTITYNET_NAMES, e.name.lower())]
+    published = [e for e in found if e not in named and os.path.basename(e.name) == official]
+    return named + published
 
 
 def face_packs() -> list[str]:

@@ -33,10 +33,10 @@ from ..core.variants import family_name, variant_by_key
 
 log = logging.getLogger(__name__)
 
-IDENTITYNET_FILE = "diffusion_pytorch_model.safetensors"
-IDENTITYNET_SOURCE = "huggingface.co/InstantX/InstantID (folder ControlNetModel)"
+_ROW = variant_by_key(VARIANT)
+IDENTITYNET_FILE = _ROW.controlnet_file
 IDENTITYNET_HINT = (f"Load InstantID's IdentityNet ControlNet with Load ControlNet Model: {IDENTITYNET_FILE} from "
-                    f"{IDENTITYNET_SOURCE}, in models/controlnet")
+                    f"{_ROW.controlnet_source}, in models/controlnet")
 
 
 def controlnet_context_width(control_model: torch.nn.Module) -> int | None:
