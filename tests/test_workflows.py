@@ -16,10 +16,15 @@ test loaders of tests/browser/tiny_loaders (see that module for how the tiny mod
   `ckpt_name` widget (the SDXL layout when the name contains "xl").
 * `CLIPVisionLoader` -> `LikenessTestTinyCLIPVision`: a tiny CLIP vision model written under the
   official file name.
+* `ControlNetLoader` -> `LikenessTestTinyControlNet`: a tiny SDXL ControlNet in InstantID's IdentityNet
+  layout, written under the official file name and loaded with ComfyUI's own ControlNet loader; the real
+  node cannot load a tiny diffusers-layout file (ComfyUI reads such a file's config from a table of
+  published models), and the ControlNet must run on the latent pooled like the tiny UNet's.
 
 Everything else runs exactly as shipped, with the shipped widget values: `LikenessAdapterLoader` loads
 tiny adapters written under the official file names (layout, encoder feature and base model taken from
-the variants table, sized for the tiny models; FaceID ones in the .bin layout with their LoRA),
+the variants table, sized for the tiny models; FaceID ones in the .bin layout with their LoRA; InstantID's
+in models/instantid),
 `LikenessFaceModelLoader` loads the synthetic insightface-compatible ONNX pack of tests/face_models.py
 written under the shipped pack name, `LoraLoaderModelOnly` loads a tiny LoRA under the shipped name,
 `LoadImage` reads the example images shipped in workflows/inputs/, and CLIPTextEncode, KSampler (all
@@ -222,16 +227,22 @@ def _file_widgets(workflows, class_type: str, input_name: str) -> set[str]:
 TINY_ENCODERS = {1280: dict(hidden=64, projection=32), 1664: dict(hidden=96, projection=48)}  # by real hidden width
 
 
-def write_tiny_adapter(folder: Path, name: str) -> None:
-    """A tiny adapter in the official file's layout: same projection kind, encoder feature and base model."""
+def write_tiny_adapter(models: Path, name: str) -> None:
+    """A tiny adapter in the official file's layout (same projection kind, encoder feature and base model, tensors
+    stored in the published file's precision), in the model folder the variants table names for it."""
     variants = pack("nodes.core.variants")
     variant = next(v for v in variants.VARIANTS if name in v.files)
+    folder = models / variant.folder
     kind = "sdxl" if variant.family == "SDXL" else "sd15"
     widths = [s.width for s in pack("nodes.host.sites").find_sites(tiny_loaders.tiny_model(kind))]
     if variant.faceid:
         layout = {variants.Layout.FACEID_PLUS: "plus", variants.Layout.RESAMPLER: "portrait-unnorm",
                   variants.Layout.FACEID_MLP: "faceid" if variant.tokens == 4 else "portrait"}[variant.layout]
         state = face_models.tiny_faceid_state(layout, widths, clip_width=TINY_ENCODERS[1280]["hidden"], seed=len(name))
+        if variant.stored_dtypes:  # what tells apart published files of one layout
+            dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+            state = {k: v.to(dtypes[variant.stored_dtypes[0 if k.startswith("image_proj.") else 1]])
+                     for k, v in state.items()}
         if name.endswith(".bin"):  # the official .bin layout: {"image_proj": {...}, "ip_adapter": {...}}
             nested = {}
             for key, value in state.items():
@@ -278,7 +289,7 @@ def workflow_models(models_dir, tmp_path_factory):
     workflows = [_load(p) for p in WORKFLOWS]
     extra = tmp_path_factory.mktemp("workflow_models")
     stack = contextlib.ExitStack()  # every folder registered here comes first, and is unregistered after the module
-    for folder in ("ipadapter", "clip_vision", "checkpoints", "loras", "insightface"):
+    for folder in ("ipadapter", "instantid", "clip_vision", "checkpoints", "loras", "insightface", "controlnet"):
         (extra / folder).mkdir()
         stack.enter_context(face_models.model_folder(folder, str(extra / folder), first=True))
     for name in _file_widgets(workflows, "CLIPVisionLoader", "clip_name"):
@@ -286,7 +297,10 @@ def workflow_models(models_dir, tmp_path_factory):
         builders.write_tiny_clip_vision(str(extra / "clip_vision"), Path(name).stem, seed=hidden,
                                         **TINY_ENCODERS[hidden])
     for name in _file_widgets(workflows, "LikenessAdapterLoader", "adapter_name"):
-        write_tiny_adapter(extra / "ipadapter", name)
+        write_tiny_adapter(extra, name)
+    for name in _file_widgets(workflows, "ControlNetLoader", "control_net_name"):
+        # InstantID's IdentityNet, for the tiny SDXL, in its published diffusers layout
+        builders.save_safetensors(str(extra / "controlnet" / name), builders.tiny_identitynet_state())
     for name in _file_widgets(workflows, "CheckpointLoaderSimple", "ckpt_name"):
         (extra / "checkpoints" / name).write_bytes(b"")  # listed for the combo; the tiny loader builds the model
     for wf in workflows:
@@ -294,7 +308,8 @@ def workflow_models(models_dir, tmp_path_factory):
         for name in _file_widgets([wf], "LoraLoaderModelOnly", "lora_name"):
             write_tiny_lora(extra / "loras" / name, tiny_loaders.kind_for(next(iter(ckpts))))
     for name in _file_widgets(workflows, "LikenessFaceModelLoader", "model_pack"):
-        face_models.write_pack(str(extra / "insightface" / "models" / name))  # synthetic ONNX models (see there)
+        face_models.write_pack(str(extra / "insightface" / "models" / name),  # synthetic ONNX models (see there)
+                               style=name if name in face_models.PACK_FILES else "buffalo_l")
     inputs = tmp_path_factory.mktemp("input")
     for image in (PACK / "workflows" / "inputs").glob("*.png"):
         shutil.copy(image, inputs / image.name)
