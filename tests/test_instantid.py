@@ -647,3 +647,85 @@ def test_instantid_preset_missing_adapter_and_doctor(instantid_folders):
     assert "  adapter: ip-adapter.safetensors" in report and "antelopev2 found" in report
     row = next(line for line in report.splitlines() if "INSTANTID" in line)
     assert row.startswith("  OK ") and "ControlNet not found" in row
+
+
+# ---------------------------------------------------------------- several photos: merge and saved references
+
+def test_merge_keeps_keypoints_row_by_row_and_drops_outliers():
+    merge = pack("nodes.core.merge")
+    a, b = face_refs(2, seed=1), face_refs(1, seed=2)
+    gathered = merge.gather([("references_1", a), ("references_2", b)])
+    face = gathered.references.face
+    assert torch.equal(face.keypoints, torch.cat([a.face.keypoints, b.face.keypoints]))
+    concat, _ = merge.merge_references(gathered, "concat", weights=(1, 0, 1))
+    assert torch.equal(concat.face.keypoints, face.keypoints[[0, 2]])
+    same = face_refs(3, seed=5, scale=1.0)  # three nearly equal identities, and one far away
+    far = references.References(face=references.FaceIdentity(
+        "antelopev2", -same.face.normed[:1], -same.face.raw[:1], same.face.keypoints[:1] + 7, same.face.image_sizes[:1]))
+    merged, report = merge.merge_references(merge.gather([("a", same), ("b", far)]), "average", outlier_threshold=0.3)
+    assert report.dropped_as_outliers == (3,) and merged.count == 1
+    torch.testing.assert_close(merged.face.raw, same.face.raw.mean(0, keepdim=True))
+    assert torch.equal(merged.face.keypoints, same.face.keypoints[:1])  # the pose of the first kept photo
+    without = references.References(face=references.FaceIdentity("antelopev2", same.face.normed, same.face.raw))
+    assert merge.gather([("a", same), ("b", without)]).references.face.keypoints is None
+
+
+def test_saved_references_keep_raw_identity_and_keypoints(tmp_path, iid_adapter):
+    io_core = pack("nodes.core.references_io")
+    refs = face_refs(3, seed=11)
+    path = io_core.save_references(refs, str(tmp_path / "alice.safetensors"))
+    import safetensors
+
+    with safetensors.safe_open(path, framework="pt") as f:
+        meta = f.metadata()
+    assert meta["format_version"] == "2" and meta["face.keypoints"] == "5"
+    loaded = io_core.load_references(path)
+    assert torch.equal(loaded.face.raw, refs.face.raw) and torch.equal(loaded.face.keypoints, refs.face.keypoints)
+    assert torch.equal(loaded.face.image_sizes, refs.face.image_sizes) and loaded.face.model == "antelopev2"
+    torch.testing.assert_close(references.project_references(iid_adapter, loaded).cond,
+                               references.project_references(iid_adapter, refs).cond, rtol=0, atol=0)
+    # files saved before keypoints existed (format 1, identities only) still load
+    old = references.References(face=references.FaceIdentity("buffalo_l", refs.face.normed, refs.face.raw))
+    old_path = io_core.save_references(old, str(tmp_path / "old.safetensors"))
+    with safetensors.safe_open(old_path, framework="pt") as f:
+        assert f.metadata()["format_version"] == "1" and "face.keypoints" not in f.keys()
+    assert io_core.load_references(old_path).face.keypoints is None
+
+
+def test_damaged_keypoints_are_refused(tmp_path):
+    import safetensors.torch
+
+    io_core = pack("nodes.core.references_io")
+    tensors, meta = io_core.to_tensors_and_metadata(face_refs(2, seed=3))
+    tensors["face.image_sizes"] = tensors["face.image_sizes"].float()
+    safetensors.torch.save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(errors.ReferencesFileError, match="face.image_sizes"):
+        io_core.load_references(str(tmp_path / "bad.safetensors"))
+    tensors, meta = io_core.to_tensors_and_metadata(face_refs(2, seed=3))
+    tensors["face.keypoints"] = tensors["face.keypoints"][:1]
+    safetensors.torch.save_file(tensors, str(tmp_path / "bad2.safetensors"), metadata=meta)
+    with pytest.raises(errors.ReferencesFileError, match="face.keypoints"):
+        io_core.load_references(str(tmp_path / "bad2.safetensors"))
+
+
+def test_the_multi_photo_workflow_drops_its_outlier(antelope):
+    """The example's photos and merge settings: the third photo (another person) is left out."""
+    from PIL import Image
+
+    from conftest import PACK
+    from test_workflows import _load, widget_values
+
+    workflow = _load(PACK / "workflows" / "likeness_instantid_multi_photo_pose.json")
+    merge_node = next(n for n in workflow["nodes"] if n["type"] == "LikenessMergeReferences")
+    settings = widget_values(merge_node)
+    photos = [np.array(Image.open(PACK / "workflows" / "inputs" / f"likeness_face_{i}.png").convert("RGB"))
+              for i in (1, 2, 3)]
+    refs = host_face.embed_faces(antelope, fm.to_comfy(*photos))[0]
+    out = pack("nodes.merge").LikenessMergeReferences.execute(
+        settings["mode"], settings["weights"], settings["drop_outliers"], settings["outlier_threshold"],
+        references_1=refs)
+    merged = out.result[0]
+    assert merged.count == 1
+    torch.testing.assert_close(merged.face.raw, refs.face.raw[:2].mean(0, keepdim=True))
+    text = str(out.ui.as_dict() if hasattr(out.ui, "as_dict") else out.ui)
+    assert "2 of 3 references kept" in text and "dropped as outliers" in text
