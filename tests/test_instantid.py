@@ -10,7 +10,6 @@ import copy
 import json
 import math
 import os
-import struct
 
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ import face_models as fm
 import folder_paths
 import nodes
 from conftest import pack
+from test_detection import write_sparse_safetensors
 
 pytest.importorskip("insightface")
 
@@ -44,26 +44,13 @@ folders = pack("nodes.host.folders")
 
 INSTANTID = "ip-adapter.bin"
 UNNORM = "ip-adapter-faceid-portrait_sdxl_unnorm.bin"
-BYTES = {"F32": 4, "F16": 2, "BF16": 2}
 
 
 # ---------------------------------------------------------------- detection on the full-size layout (header only)
 
 def write_header_only(path, shapes: dict, dtypes: tuple[str, str]) -> str:
     """A full-size .safetensors whose data region is a hole: real header, groups stored as `dtypes` says."""
-    header, offset = {}, 0
-    for key, shape in sorted(shapes.items()):
-        dtype = dtypes[0] if key.startswith("image_proj.") else dtypes[1]
-        size = BYTES[dtype] * math.prod(shape)
-        header[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-    os.truncate(path, 8 + len(raw) + offset)
-    return str(path)
+    return write_sparse_safetensors(path, shapes, dtypes)
 
 
 def published_instantid_shapes() -> dict:
@@ -535,7 +522,8 @@ def test_one_node_equals_the_modular_nodes(iid_adapter, antelope, identitynet):
     assert one[1][0][1]["control"].strength == 0.6
     torch.testing.assert_close(sample_sdxl(one[0], one[1], one[2], steps=1), sample_sdxl(patched, pos, neg, steps=1),
                                rtol=0, atol=0)
-    assert model.model_options == builders.build_unet("sdxl").model_options  # the input MODEL is untouched
+    assert "patches_replace" not in model.model_options["transformer_options"] and not model.patches  # untouched
+    assert "cross_attn_controlnet" not in positive[0][1] and "control" not in negative[0][1]
     without_pose = instantid_nodes.LikenessInstantID.execute(model, positive, negative, iid_adapter, identitynet,
                                                              antelope, photos, 0.8, 0.6, 0.0, 1.0, 0.3).result
     expected = instantid.keypoint_images(refs.face.keypoints[:1], refs.face.image_sizes[:1]).movedim(-1, 1)

@@ -21,7 +21,6 @@ import pytest
 import torch
 
 import builders
-import face_models as fm
 from conftest import pack
 from test_parity_diffusers import CONTEXT, POOLED, inputs, nested, run_comfy, run_diffusers, set_diffusers_scale, \
     unet_pair
@@ -202,8 +201,6 @@ def identitynet_files(tmp_path_factory):
 
 
 def test_the_tiny_identitynet_of_the_builders_has_diffusers_key_layout():
-    import safetensors.torch  # noqa: F401
-
     theirs = diffusers_identitynet().state_dict()
     ours = builders.tiny_identitynet_state()
     assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
