@@ -57,7 +57,8 @@ class LikenessFaceEmbed(LikenessNode):
             display_name="Likeness Face Embed",
             category=types.CATEGORY,
             description="Finds a face in each photo, aligns it and computes its identity embedding: one reference "
-                        "per photo, for the FaceID adapters. Connect clip_vision for FaceID Plus / Plus v2.",
+                        "per photo, for the FaceID adapters and InstantID (with antelopev2), and InstantID's keypoint "
+                        "image of each face. Connect clip_vision for FaceID Plus / Plus v2.",
             inputs=[
                 FaceModel.Input("face_model", tooltip="From Likeness Face Model Loader."),
                 io.Image.Input("image", tooltip="One or more photos of the person; each photo gives one reference. "

@@ -88,9 +88,10 @@ class MaskedControl(comfy.controlnet.ControlBase):
         self.mask = mask
         self.extra_hooks = inner.extra_hooks
 
-    def pre_run(self, model, percent_to_timestep_function):
-        super().pre_run(model, percent_to_timestep_function)
-        self.inner.pre_run(model, percent_to_timestep_function)
+    # ComfyUI calls these; extra arguments that later versions may add are passed on
+    def pre_run(self, model, percent_to_timestep_function, *args, **kwargs):
+        super().pre_run(model, percent_to_timestep_function, *args, **kwargs)
+        self.inner.pre_run(model, percent_to_timestep_function, *args, **kwargs)
 
     def cleanup(self):
         self.inner.cleanup()
@@ -110,11 +111,12 @@ class MaskedControl(comfy.controlnet.ControlBase):
                              mode="bilinear", align_corners=False)
         return comfy.controlnet.broadcast_image_to(mask, residual.shape[0], batched_number).to(residual.dtype)
 
-    def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
+    def get_control(self, x_noisy, t, cond, batched_number, transformer_options, *args, **kwargs):
         previous = None
         if self.previous_controlnet is not None:
-            previous = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
-        own = self.inner.get_control(x_noisy, t, cond, batched_number, transformer_options)
+            previous = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options,
+                                                            *args, **kwargs)
+        own = self.inner.get_control(x_noisy, t, cond, batched_number, transformer_options, *args, **kwargs)
         if own is None:
             return previous
         own = {key: [None if r is None else r * self._mask_like(r, batched_number) for r in residuals]
