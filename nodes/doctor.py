@@ -13,9 +13,11 @@ import os
 import sys
 
 
-def report() -> str:
+def report(prompt: dict | None = None) -> str:
+    """The doctor's text; `prompt` (the running workflow, when the node runs in one) adds its edit-model checks."""
     from .core.presets import availability
     from .core.variants import Detected, Encoder
+    from .edit.checks import section as edit_models_section
     from .host import catalog
 
     adapters, encoders, loras = catalog.adapters(), catalog.encoders(), catalog.faceid_loras()
@@ -34,6 +36,7 @@ def report() -> str:
     for family in ("SD1.5", "SDXL"):
         lines += ["", f"Presets for {family}:"]
         lines += [f"  {'OK ' if r.usable else '-- '} {r.preset:<24} {r.detail}" for r in rows if r.family == family]
+    lines += [""] + edit_models_section(prompt)
     lines += ["", "Folders searched:"]
     for folder in ("ipadapter", "instantid", "clip_vision", "loras", "insightface", "controlnet"):
         lines.append(f"  {folder}: {'; '.join(catalog.searched(folder)) or '(not registered)'}")

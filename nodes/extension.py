@@ -8,6 +8,9 @@ folders.register_all()
 routes.register()  # /likeness/* routes for web/js/likeness.js, when a server runs
 
 from .apply import LikenessApply, LikenessApplySimple  # noqa: E402
+from .edit.qwen_encode import LikenessQwenEditEncode  # noqa: E402
+from .edit.reference_latents import LikenessReferenceLatents  # noqa: E402
+from .edit.reference_pack import LikenessReferencePack  # noqa: E402
 from .encode import LikenessImageEncode  # noqa: E402
 from .face import LikenessFaceEmbed, LikenessFaceModelLoader  # noqa: E402
 from .instantid import LikenessFaceKeypoints, LikenessInstantID, LikenessInstantIDControl  # noqa: E402
@@ -20,7 +23,9 @@ from .unified import LikenessModelDoctor, LikenessUnifiedLoader  # noqa: E402
 NODES = [
     LikenessAdapterLoader, LikenessUnifiedLoader, LikenessModelDoctor, LikenessImageEncode, LikenessProject,
     LikenessApply, LikenessApplySimple, LikenessFaceModelLoader, LikenessFaceEmbed, LikenessMergeReferences,
-    LikenessSaveReferences, LikenessLoadReferences, LikenessFaceKeypoints, LikenessInstantIDControl, LikenessInstantID,
+    LikenessSaveReferences, LikenessLoadReferences,
+    LikenessReferencePack, LikenessReferenceLatents, LikenessQwenEditEncode,
+    LikenessFaceKeypoints, LikenessInstantIDControl, LikenessInstantID,
 ]
 
 

@@ -169,9 +169,11 @@ class LikenessModelDoctor(LikenessNode):
             display_name="Likeness Model Doctor",
             category=f"{types.CATEGORY}/loaders",
             description="Lists every adapter, image encoder, FaceID LoRA and face model pack Likeness can see, what "
-                        "each one is, and which presets work for SD1.5 and SDXL (or what to download).",
+                        "each one is, and which presets work for SD1.5 and SDXL (or what to download); what this "
+                        "ComfyUI offers each edit model, and warnings about this workflow's reference methods.",
             inputs=[],
             outputs=[io.String.Output(display_name="report")],
+            hidden=[io.Hidden.prompt],  # the workflow, for its edit-model checks
             is_output_node=True,
             not_idempotent=True,
         )
@@ -182,5 +184,5 @@ class LikenessModelDoctor(LikenessNode):
 
     @classmethod
     def execute(cls) -> io.NodeOutput:
-        text = report()
+        text = report(cls.hidden.prompt if cls.hidden is not None else None)
         return io.NodeOutput(text, ui=ui.PreviewText(text))

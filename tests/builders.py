@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 
 import torch
+import torch.nn.functional as F
 
 import comfy.clip_vision
 import comfy.model_patcher
@@ -384,3 +386,218 @@ def load_tiny_clip_vision(path: str):
     missing, unexpected = cv.load_sd(safetensors.torch.load_file(path))
     assert not unexpected, unexpected
     return cv
+
+
+# ---------------------------------------------------------------- tiny edit models (Qwen-Image, OmniGen2), their
+# text encoders and VAEs: ComfyUI's own classes, narrowed by these numbers, seeded random weights.
+
+TINY_TEXT = 64  # hidden width of the tiny Qwen2.5 text encoders = the DiTs' text width
+
+TINY_QWEN_IMAGE = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=2,
+                       attention_head_dim=32, num_attention_heads=2, joint_attention_dim=TINY_TEXT,
+                       axes_dims_rope=(8, 12, 12))
+TINY_OMNIGEN2 = dict(image_model="omnigen2", patch_size=2, in_channels=16, hidden_size=64, num_layers=2,
+                     num_refiner_layers=1, num_attention_heads=2, num_kv_heads=2, multiple_of=16,
+                     axes_dim_rope=(8, 12, 12), axes_lens=(300, 512, 512), text_feat_dim=TINY_TEXT)
+
+
+def seed_parameters(module: torch.nn.Module, seed: int, scale: float = 0.05) -> None:
+    """Fill every parameter: norm-like weights (1-D, named weight/gamma) near 1, the rest small."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(module.named_parameters()):
+            noise = torch.randn(p.shape, generator=gen)
+            if p.ndim == 1 and name.endswith(("weight", "gamma")):
+                p.copy_(1.0 + scale * noise)
+            else:
+                p.copy_(scale * noise)
+
+
+def _patcher(model_config, seed: int) -> comfy.model_patcher.ModelPatcher:
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    seed_parameters(model, seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
+
+
+@functools.lru_cache(maxsize=4)
+def build_qwen_image(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
+    """A tiny Qwen-Image (the MMDiT of Qwen-Image-Edit) from ComfyUI's classes."""
+    return _patcher(comfy.supported_models.QwenImage(dict(TINY_QWEN_IMAGE)), seed)
+
+
+@functools.lru_cache(maxsize=4)
+def build_omnigen2(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
+    """A tiny OmniGen2 diffusion transformer from ComfyUI's classes."""
+    return _patcher(comfy.supported_models.Omnigen2(dict(TINY_OMNIGEN2)), seed)
+
+
+class PooledVAE(torch.nn.Module):
+    """A VAE network run at latent resolution: encode average-pools the image by `factor` first, decode upsamples
+    its output by `factor` (nearest). Same latent shapes as a real 8x VAE, a fraction of the work on a CPU."""
+
+    def __init__(self, inner: torch.nn.Module, factor: int = 8):
+        super().__init__()
+        self.inner, self.factor = inner, factor
+
+    def _spatial(self, x, fn):
+        if x.ndim == 5:
+            b, c, t = x.shape[:3]
+            y = fn(x.movedim(2, 1).reshape(b * t, c, *x.shape[3:]))
+            return y.reshape(b, t, c, *y.shape[2:]).movedim(1, 2)
+        return fn(x)
+
+    def encode(self, x):
+        return self.inner.encode(self._spatial(x, lambda y: F.avg_pool2d(y, self.factor)))
+
+    def decode(self, z, **kwargs):
+        return self._spatial(self.inner.decode(z, **kwargs),
+                             lambda y: F.interpolate(y, scale_factor=self.factor, mode="nearest"))
+
+
+# The FLUX.1 VAE layout (ComfyUI's AutoencoderKL, 16 latent channels) with one level at latent resolution.
+TINY_FLUX_VAE = {"params": {"embed_dim": 16, "ddconfig": {
+    "double_z": True, "z_channels": 16, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
+    "ch_mult": [1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}}
+
+
+def _pooled_vae(inner: torch.nn.Module, seed: int, channels: int, dims: int):
+    import comfy.sd
+
+    seed_parameters(inner, seed)
+    vae = comfy.sd.VAE(sd={}, config=TINY_FLUX_VAE)  # sets devices and dtypes; the network is replaced below
+    vae.first_stage_model = PooledVAE(inner.eval()).to(vae.vae_dtype)
+    vae.patcher = comfy.model_patcher.ModelPatcher(vae.first_stage_model, load_device=vae.device,
+                                                   offload_device=CPU)
+    vae.latent_channels, vae.latent_dim = channels, dims
+    return vae
+
+
+@functools.lru_cache(maxsize=2)
+def tiny_flux_vae(seed: int = 21):
+    """A VAE with the FLUX.1 latent format: 16 channels, 8x smaller (what Kontext and OmniGen2 take)."""
+    import comfy.ldm.models.autoencoder
+
+    inner = comfy.ldm.models.autoencoder.AutoencoderKL(**TINY_FLUX_VAE["params"])
+    for part in (inner.encoder, inner.decoder):
+        part.mid.attn_1 = torch.nn.Identity()
+    return _pooled_vae(inner, seed, 16, 2)
+
+
+@functools.lru_cache(maxsize=2)
+def tiny_flux2_vae(seed: int = 23):
+    """A VAE with the FLUX.2 latent format: 32 channels, 8x smaller (ComfyUI 0.3.64 has no FLUX.2 VAE class)."""
+    import comfy.ldm.models.autoencoder
+
+    params = {"embed_dim": 32, "ddconfig": dict(TINY_FLUX_VAE["params"]["ddconfig"], z_channels=32)}
+    inner = comfy.ldm.models.autoencoder.AutoencoderKL(**params)
+    for part in (inner.encoder, inner.decoder):
+        part.mid.attn_1 = torch.nn.Identity()
+    return _pooled_vae(inner, seed, 32, 2)
+
+
+@functools.lru_cache(maxsize=2)
+def tiny_qwen_vae(seed: int = 22):
+    """A VAE with the Qwen-Image (Wan 2.1) latent format: 16 channels, 8x smaller, video-style 5-D latents, with
+    the attributes comfy.sd.VAE gives the Wan 2.1 VAE (which it recognises only at full width)."""
+    import comfy.ldm.wan.vae
+
+    wan = comfy.ldm.wan.vae.WanVAE(dim=16, z_dim=16, dim_mult=[1], num_res_blocks=1, attn_scales=[],
+                                   temperal_downsample=[], dropout=0.0)
+    for part in (wan.encoder, wan.decoder):
+        part.middle[1] = torch.nn.Identity()  # attention over every latent pixel: seconds per image on a CPU
+    vae = _pooled_vae(wan, seed, 16, 3)
+    vae.upscale_ratio = (lambda a: max(0, a * 4 - 3), 8, 8)
+    vae.upscale_index_formula = (4, 8, 8)
+    vae.downscale_ratio = (lambda a: max(0, math.floor((a + 3) / 4)), 8, 8)
+    vae.downscale_index_formula = (4, 8, 8)
+    return vae
+
+
+# Text encoders. The Qwen2.5 layers keep their fixed head width (128) and the full vocabulary, so the real
+# tokenizers shipped with ComfyUI work; everything else is narrowed.
+TINY_QWEN_LLM = dict(hidden_size=TINY_TEXT, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                     num_key_value_heads=1)
+
+
+def _tiny_qwen25_vl_class():
+    import comfy.text_encoders.llama as llama
+    import comfy.text_encoders.qwen_vl as qwen_vl
+
+    class TinyQwen25VL(llama.Qwen25_7BVLI):
+        """Qwen2.5-VL with a 2-layer, 64-wide vision tower (ComfyUI's fixes its tower at full size)."""
+
+        def __init__(self, config_dict, dtype, device, operations):
+            torch.nn.Module.__init__(self)
+            config = llama.Qwen25_7BVLI_Config(**config_dict)
+            self.num_layers = config.num_hidden_layers
+            self.model = llama.Llama2_(config, device=device, dtype=dtype, ops=operations)
+            self.visual = qwen_vl.Qwen2VLVisionTransformer(
+                hidden_size=64, output_hidden_size=config.hidden_size, intermediate_size=128, num_heads=2,
+                num_layers=2, device=device, dtype=dtype, ops=operations)
+            self.dtype = dtype
+
+    return TinyQwen25VL
+
+
+def _text_target(tokenizer, clip):
+    return type("TinyTextTarget", (), {"tokenizer": tokenizer, "clip": clip, "params": {}})
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_qwen_image_text_encoder(seed: int = 31):
+    """A CLIP object on ComfyUI's Qwen-Image text encoder classes (Qwen2.5-VL, tokenizer and templates real)."""
+    import comfy.sd
+    import comfy.sd1_clip as sd1_clip
+    import comfy.text_encoders.qwen_image as qwen_image
+
+    vl_class = _tiny_qwen25_vl_class()
+
+    class TinyQwen25VLModel(sd1_clip.SDClipModel):
+        def __init__(self, device="cpu", layer="last", layer_idx=None, dtype=None, attention_mask=True,
+                     model_options={}):
+            super().__init__(device=device, layer=layer, layer_idx=layer_idx, textmodel_json_config=dict(TINY_QWEN_LLM),
+                             dtype=dtype, special_tokens={"pad": 151643}, layer_norm_hidden_state=False,
+                             model_class=vl_class, enable_attention_masks=attention_mask,
+                             return_attention_masks=attention_mask, model_options=model_options)
+
+    class TinyQwenImageTE(qwen_image.QwenImageTEModel):
+        def __init__(self, device="cpu", dtype=None, model_options={}):
+            sd1_clip.SD1ClipModel.__init__(self, device=device, dtype=dtype, name="qwen25_7b",
+                                           clip_model=TinyQwen25VLModel, model_options=model_options)
+
+    clip = comfy.sd.CLIP(_text_target(qwen_image.QwenImageTokenizer, TinyQwenImageTE),
+                         model_options={"dtype": torch.float32})
+    seed_parameters(clip.cond_stage_model, seed)
+    return clip
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_omnigen2_text_encoder(seed: int = 32):
+    """A CLIP object on ComfyUI's OmniGen2 text encoder classes (Qwen2.5-3B layout, narrowed)."""
+    import comfy.sd
+    import comfy.text_encoders.omnigen2 as omnigen2
+
+    clip = comfy.sd.CLIP(_text_target(omnigen2.Omnigen2Tokenizer, omnigen2.Omnigen2Model),
+                         model_options={"dtype": torch.float32, "qwen25_3b_model_config": dict(TINY_QWEN_LLM)})
+    seed_parameters(clip.cond_stage_model, seed)
+    return clip
+
+
+TINY_CLIP_L = dict(hidden_size=TINY_FLUX["vec_in_dim"], intermediate_size=64, num_attention_heads=2,
+                   num_hidden_layers=2, projection_dim=TINY_FLUX["vec_in_dim"])
+TINY_T5 = dict(d_model=TINY_FLUX["context_in_dim"], d_ff=128, d_kv=16, num_heads=4, num_layers=2)
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_flux_text_encoder(seed: int = 33):
+    """A CLIP object on ComfyUI's FLUX text encoder classes (CLIP-L + T5-XXL layouts, real tokenizers, narrowed to
+    the tiny FLUX's widths)."""
+    import comfy.sd
+    import comfy.text_encoders.flux as flux
+
+    clip = comfy.sd.CLIP(_text_target(flux.FluxTokenizer, flux.FluxClipModel),
+                         model_options={"dtype": torch.float32, "clip_l_model_config": dict(TINY_CLIP_L),
+                                        "t5xxl_model_config": dict(TINY_T5)})
+    seed_parameters(clip.cond_stage_model, seed)
+    return clip

@@ -110,8 +110,7 @@ def _load_tiny_loaders():
 
 
 tiny_loaders = _load_tiny_loaders()
-for _cls in (LikenessTestTinyUNet, LikenessTestCapture, tiny_loaders.LikenessTestTinyCLIPVision,
-             tiny_loaders.LikenessTestTinyCheckpoint, tiny_loaders.LikenessTestTinyControlNet):
+for _cls in (LikenessTestTinyUNet, LikenessTestCapture, *tiny_loaders.NODE_CLASS_MAPPINGS.values()):
     nodes.NODE_CLASS_MAPPINGS[_cls.__name__] = _cls
 
 

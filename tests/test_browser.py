@@ -94,7 +94,8 @@ def server(workflow_models, tmp_path_factory, request):
         (custom / module).symlink_to(PACK, target_is_directory=True)
     (custom / "likeness_tiny_loaders").symlink_to(BROWSER_DIR / "tiny_loaders", target_is_directory=True)
     paths = {"custom_nodes": custom, **{k: workflow_models / k for k in (
-        "ipadapter", "instantid", "clip_vision", "checkpoints", "loras", "insightface", "controlnet")}}
+        "ipadapter", "instantid", "clip_vision", "checkpoints", "loras", "insightface", "controlnet",
+        *dict.fromkeys(tw.SPLIT_FILE_FOLDERS.values()))}}
     config = root / "extra_model_paths.yaml"
     config.write_text("likeness_browser_test:\n" + "".join(f"    {k}: {v}\n" for k, v in paths.items()))
     (root / "user").mkdir()

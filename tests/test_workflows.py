@@ -20,6 +20,8 @@ test loaders of tests/browser/tiny_loaders (see that module for how the tiny mod
   layout, written under the official file name and loaded with ComfyUI's own ControlNet loader; the real
   node cannot load a tiny diffusers-layout file (ComfyUI reads such a file's config from a table of
   published models), and the ControlNet must run on the latent pooled like the tiny UNet's.
+* `UNETLoader`, `CLIPLoader`, `DualCLIPLoader`, `VAELoader` -> tiny FLUX.1 / Qwen-Image / OmniGen2
+  diffusion models, their text encoders and VAEs, picked by the shipped file name or type.
 
 Everything else runs exactly as shipped, with the shipped widget values: `LikenessAdapterLoader` loads
 tiny adapters written under the official file names (layout, encoder feature and base model taken from
@@ -224,6 +226,10 @@ def _file_widgets(workflows, class_type: str, input_name: str) -> set[str]:
     return {widget_values(n)[input_name] for wf in workflows for n in wf["nodes"] if n["type"] == class_type}
 
 
+# Model-file widgets of the split loaders (diffusion model, text encoders, VAE) and the folder each lists.
+SPLIT_FILE_FOLDERS = {("UNETLoader", "unet_name"): "diffusion_models", ("CLIPLoader", "clip_name"): "text_encoders",
+                      ("DualCLIPLoader", "clip_name1"): "text_encoders",
+                      ("DualCLIPLoader", "clip_name2"): "text_encoders", ("VAELoader", "vae_name"): "vae"}
 TINY_ENCODERS = {1280: dict(hidden=64, projection=32), 1664: dict(hidden=96, projection=48)}  # by real hidden width
 
 
@@ -289,7 +295,8 @@ def workflow_models(models_dir, tmp_path_factory):
     workflows = [_load(p) for p in WORKFLOWS]
     extra = tmp_path_factory.mktemp("workflow_models")
     stack = contextlib.ExitStack()  # every folder registered here comes first, and is unregistered after the module
-    for folder in ("ipadapter", "instantid", "clip_vision", "checkpoints", "loras", "insightface", "controlnet"):
+    for folder in dict.fromkeys(("ipadapter", "instantid", "clip_vision", "checkpoints", "loras", "insightface",
+                                 "controlnet", *SPLIT_FILE_FOLDERS.values())):
         (extra / folder).mkdir()
         stack.enter_context(face_models.model_folder(folder, str(extra / folder), first=True))
     for name in _file_widgets(workflows, "CLIPVisionLoader", "clip_name"):
@@ -303,6 +310,9 @@ def workflow_models(models_dir, tmp_path_factory):
         builders.save_safetensors(str(extra / "controlnet" / name), builders.tiny_identitynet_state())
     for name in _file_widgets(workflows, "CheckpointLoaderSimple", "ckpt_name"):
         (extra / "checkpoints" / name).write_bytes(b"")  # listed for the combo; the tiny loader builds the model
+    for (class_type, widget), folder in SPLIT_FILE_FOLDERS.items():
+        for name in _file_widgets(workflows, class_type, widget):
+            (extra / folder / name).write_bytes(b"")  # the same: the tiny loaders pick a model by this name
     for wf in workflows:
         ckpts = _file_widgets([wf], "CheckpointLoaderSimple", "ckpt_name")
         for name in _file_widgets([wf], "LoraLoaderModelOnly", "lora_name"):
@@ -311,8 +321,10 @@ def workflow_models(models_dir, tmp_path_factory):
         face_models.write_pack(str(extra / "insightface" / "models" / name),  # synthetic ONNX models (see there)
                                style=name if name in face_models.PACK_FILES else "buffalo_l")
     inputs = tmp_path_factory.mktemp("input")
-    for image in (PACK / "workflows" / "inputs").glob("*.png"):
-        shutil.copy(image, inputs / image.name)
+    for image in (PACK / "workflows" / "inputs").rglob("*.png"):  # subfolders: Load Image Dataset from Folder
+        target = inputs / image.relative_to(PACK / "workflows" / "inputs")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, target)
     previous = folder_paths.get_input_directory(), folder_paths.get_output_directory()
     folder_paths.set_input_directory(str(inputs))
     folder_paths.set_output_directory(str(tmp_path_factory.mktemp("workflow_output")))  # others check theirs
@@ -365,6 +377,8 @@ def test_workflow_is_documented_and_uses_official_files(path):
             assert model["name"] in readme, f"{model['name']} is not named in README.md"
     for name in _file_widgets([workflow], "LoadImage", "image"):
         assert (PACK / "workflows" / "inputs" / name).is_file(), f"{name} is not shipped in workflows/inputs/"
+    for name in _file_widgets([workflow], "LoadImageSetFromFolderNode", "folder"):
+        assert list((PACK / "workflows" / "inputs" / name).glob("*.png")), f"workflows/inputs/{name}/ has no images"
 
 
 @pytest.mark.filterwarnings("error:invalid value encountered in cast:RuntimeWarning")

@@ -18,6 +18,19 @@ that tests/test_browser.py starts. Nothing here is part of the pack.
   finds a diffusers ControlNet's config in a table of published models, which is extended by the tiny SDXL
   layout while it loads (`builders.comfy_knows_the_tiny_sdxl`); and the ControlNet runs on the latent pooled
   by 8, as the tiny UNet does, so that its residuals fit that UNet.
+
+For the DiT edit models (FLUX.1 / Kontext, Qwen-Image-Edit, OmniGen2), each loader of the split model files
+has a stand-in that picks the tiny model by the file name or type it is given:
+
+* `LikenessTestTinyDiffusionModel` replaces UNETLoader: "qwen" in the file name gives a tiny Qwen-Image,
+  "omnigen" a tiny OmniGen2, anything else a tiny FLUX.1 (dev-style, with guidance; Kontext is the same
+  model class). ComfyUI's own classes; like the tiny UNet they run on the latent (and on each reference
+  latent) average-pooled by 8, for the same reason.
+* `LikenessTestTinyTextEncoder` replaces CLIPLoader (type qwen_image or omnigen2) and
+  `LikenessTestTinyDualTextEncoder` replaces DualCLIPLoader (type flux): ComfyUI's text encoder classes with
+  the real tokenizers, narrowed to the tiny models' widths.
+* `LikenessTestTinyVAE` replaces VAELoader: "qwen" in the file name gives the Qwen-Image (Wan 2.1) latent
+  format, anything else the FLUX.1 one; both 16 channels and 8x smaller (see builders.PooledVAE).
 """
 
 from __future__ import annotations
@@ -199,10 +212,147 @@ class LikenessTestTinyControlNet:
         return (net,)
 
 
+# ---------------------------------------------------------------- DiT edit models, split files
+
+def _pool_spatial(t: torch.Tensor) -> torch.Tensor:
+    size = [max(1, math.ceil(d / POOL)) for d in t.shape[-2:]]
+    if t.ndim == 5:
+        return F.adaptive_avg_pool3d(t, (t.shape[2], *size))
+    return F.adaptive_avg_pool2d(t, size)
+
+
+def _unpool(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if out.ndim == 5:
+        return F.interpolate(out, size=like.shape[2:], mode="nearest")
+    return F.interpolate(out, size=like.shape[-2:], mode="nearest")
+
+
+@functools.lru_cache(maxsize=None)
+def _pooled_dit_class(base: type, entry: str, ref_position: int | None) -> type:
+    """`base` whose `entry` method (the one behind the DIFFUSION_MODEL wrappers) runs on pooled latents."""
+
+    def pooled(self, x, *args, **kwargs):
+        args = list(args)
+        if ref_position is not None and len(args) > ref_position and args[ref_position] is not None:
+            args[ref_position] = [_pool_spatial(r) for r in args[ref_position]]
+        if kwargs.get("ref_latents") is not None:
+            kwargs["ref_latents"] = [_pool_spatial(r) for r in kwargs["ref_latents"]]
+        out = getattr(super(cls, self), entry)(_pool_spatial(x), *args, **kwargs)
+        return _unpool(out, x)
+
+    cls = type(f"Pooled{base.__name__}", (base,), {entry: pooled})
+    return cls
+
+
+# entry method, and where ref_latents sits among its positional arguments after x
+_DIT_ENTRIES = {"flux": ("_forward", 4), "qwen": ("_forward", 4), "omnigen2": ("forward", None)}
+
+
+def dit_kind(unet_name: str) -> str:
+    name = unet_name.lower()
+    if "qwen" in name:
+        return "qwen"
+    if "omnigen" in name:
+        return "omnigen2"
+    return "flux"
+
+
+@functools.lru_cache(maxsize=4)
+def tiny_dit(kind: str):
+    build = {"flux": builders.build_flux, "qwen": builders.build_qwen_image, "omnigen2": builders.build_omnigen2}
+    model = build[kind].__wrapped__(seed=41)  # a private copy; the cached one stays as it is
+    dit = model.model.diffusion_model
+    entry, ref_position = _DIT_ENTRIES[kind]
+    dit.__class__ = _pooled_dit_class(type(dit), entry, ref_position)
+    return model
+
+
+def _core_inputs(node_id: str) -> dict:
+    import nodes
+
+    return nodes.NODE_CLASS_MAPPINGS[node_id].INPUT_TYPES()
+
+
+class LikenessTestTinyDiffusionModel:
+    """Stands in for UNETLoader (see the module docstring)."""
+
+    CATEGORY = "testing"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _core_inputs("UNETLoader")
+
+    def load(self, unet_name, weight_dtype="default"):
+        return (tiny_dit(dit_kind(unet_name)),)
+
+
+_TEXT_ENCODERS = {"qwen_image": builders.tiny_qwen_image_text_encoder,
+                  "omnigen2": builders.tiny_omnigen2_text_encoder, "flux": builders.tiny_flux_text_encoder}
+
+
+def _text_encoder(kind: str):
+    if kind not in _TEXT_ENCODERS:
+        raise ValueError(f"the tiny text encoders cover types {', '.join(_TEXT_ENCODERS)}; got {kind}")
+    return _TEXT_ENCODERS[kind]()
+
+
+class LikenessTestTinyTextEncoder:
+    """Stands in for CLIPLoader (types qwen_image and omnigen2)."""
+
+    CATEGORY = "testing"
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _core_inputs("CLIPLoader")
+
+    def load(self, clip_name, type="stable_diffusion", device="default"):
+        return (_text_encoder(type),)
+
+
+class LikenessTestTinyDualTextEncoder:
+    """Stands in for DualCLIPLoader (type flux)."""
+
+    CATEGORY = "testing"
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _core_inputs("DualCLIPLoader")
+
+    def load(self, clip_name1, clip_name2, type, device="default"):
+        return (_text_encoder(type),)
+
+
+class LikenessTestTinyVAE:
+    """Stands in for VAELoader: the Qwen-Image latent format for a file name with "qwen", else FLUX.1's."""
+
+    CATEGORY = "testing"
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"vae_name": (folder_paths.get_filename_list("vae"),)}}
+
+    def load(self, vae_name):
+        return (builders.tiny_qwen_vae() if "qwen" in vae_name.lower() else builders.tiny_flux_vae(),)
+
+
 # Which shipped loader each test loader replaces. Every other node of a workflow runs as shipped.
 SWAPS = {"CheckpointLoaderSimple": "LikenessTestTinyCheckpoint", "CLIPVisionLoader": "LikenessTestTinyCLIPVision",
+         "UNETLoader": "LikenessTestTinyDiffusionModel", "CLIPLoader": "LikenessTestTinyTextEncoder",
+         "DualCLIPLoader": "LikenessTestTinyDualTextEncoder", "VAELoader": "LikenessTestTinyVAE",
          "ControlNetLoader": "LikenessTestTinyControlNet"}
 
 NODE_CLASS_MAPPINGS = {"LikenessTestTinyCheckpoint": LikenessTestTinyCheckpoint,
                        "LikenessTestTinyCLIPVision": LikenessTestTinyCLIPVision,
+                       "LikenessTestTinyDiffusionModel": LikenessTestTinyDiffusionModel,
+                       "LikenessTestTinyTextEncoder": LikenessTestTinyTextEncoder,
+                       "LikenessTestTinyDualTextEncoder": LikenessTestTinyDualTextEncoder,
+                       "LikenessTestTinyVAE": LikenessTestTinyVAE,
                        "LikenessTestTinyControlNet": LikenessTestTinyControlNet}
