@@ -51,9 +51,10 @@ def instantid_lines(adapters, identitynets, packs) -> list[str]:
     row = variant_by_key(VARIANT)
     mine = [e.name for e in adapters if isinstance(e.found, Detected) and e.found.variant is not None
             and e.found.variant.key == row.key]
-    lines = ["InstantID (SDXL): the adapter, the IdentityNet ControlNet and the antelopev2 face model pack. The InstantID "
-             "weights are published by InstantX under Apache-2.0, but they only work with insightface's antelopev2, "
-             "which is for non-commercial research use only; and a real person's likeness needs their consent."]
+    lines = ["InstantID (SDXL): the adapter, the IdentityNet ControlNet and the antelopev2 face model pack. The "
+             "InstantID weights are published by InstantX under Apache-2.0, but they only work with insightface's "
+             "antelopev2, which is for non-commercial research use only; and a real person's likeness needs their "
+             "consent."]
     lines.append("  adapter: " + (", ".join(mine) if mine else
                                   f"missing: {row.files[0]} from {row.source} -> models/{row.folder}"))
     lines.append("  IdentityNet ControlNet: " + (", ".join(f"{e.name} ({e.describe()})" for e in identitynets)

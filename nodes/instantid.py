@@ -114,8 +114,8 @@ class LikenessInstantIDControl(LikenessNode):
                 _control_net_input(),
                 types.Tokens.Input("tokens", tooltip="From Likeness Project with the InstantID adapter: the same "
                                                      "tokens Likeness Apply gets."),
-                io.Image.Input("keypoints", tooltip="The pose: from Likeness Face Embed's keypoints output, or Likeness "
-                                                    "Face Keypoints for a pose from another photo."),
+                io.Image.Input("keypoints", tooltip="The pose: from Likeness Face Embed's keypoints output, or "
+                                                    "Likeness Face Keypoints for a pose from another photo."),
                 _strength_input("strength", "How strongly IdentityNet steers (the ControlNet's strength). 0.8 is the "
                                             "usual InstantID setting; lower it to loosen the pose."),
                 *_window_inputs(),

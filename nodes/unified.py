@@ -84,8 +84,8 @@ def load_controlnet(entry: catalog.Entry):
             _controlnet_cache.clear()
             net = comfy.controlnet.load_controlnet(entry.path)
             if net is None:
-                raise MissingModelError(f"`{entry.name}` could not be loaded as a ControlNet: ComfyUI did not recognise "
-                                        "its layout.")
+                raise MissingModelError(f"`{entry.name}` could not be loaded as a ControlNet: ComfyUI did not "
+                                        "recognise its layout.")
             _controlnet_cache[key] = net
         return _controlnet_cache[key]
 

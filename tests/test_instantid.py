@@ -433,7 +433,8 @@ def test_controlnets_that_cannot_be_identitynet_are_refused(iid_adapter, identit
     with pytest.raises(errors.IncompatibleError, match="T2IAdapter"):
         host_instantid.check_controlnet(comfy.controlnet.T2IAdapter(torch.nn.Identity(), 1, 8, "nearest-exact"),
                                         tokens)
-    other = references.ImageTokens("plus.safetensors", builders.TINY_CONTEXT, 16, tokens.cond, tokens.uncond, "sdxl-plus")
+    other = references.ImageTokens("plus.safetensors", builders.TINY_CONTEXT, 16, tokens.cond, tokens.uncond,
+                                   "sdxl-plus")
     with pytest.raises(errors.IncompatibleError, match="not InstantID"):
         host_instantid.apply_identity_control(positive, negative, identitynet, other, hint, 0.8, 0.0, 1.0)
 
@@ -649,7 +650,8 @@ def test_merge_keeps_keypoints_row_by_row_and_drops_outliers():
     assert torch.equal(concat.face.keypoints, face.keypoints[[0, 2]])
     same = face_refs(3, seed=5, scale=1.0)  # three nearly equal identities, and one far away
     far = references.References(face=references.FaceIdentity(
-        "antelopev2", -same.face.normed[:1], -same.face.raw[:1], same.face.keypoints[:1] + 7, same.face.image_sizes[:1]))
+        "antelopev2", -same.face.normed[:1], -same.face.raw[:1], same.face.keypoints[:1] + 7,
+        same.face.image_sizes[:1]))
     merged, report = merge.merge_references(merge.gather([("a", same), ("b", far)]), "average", outlier_threshold=0.3)
     assert report.dropped_as_outliers == (3,) and merged.count == 1
     torch.testing.assert_close(merged.face.raw, same.face.raw.mean(0, keepdim=True))

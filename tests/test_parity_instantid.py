@@ -225,8 +225,9 @@ def test_identitynet_residuals_equal_diffusers_controlnet(pair, identitynet_file
     control.pre_run(model.model, sampling.percent_to_sigma)
     sigma = torch.full((2,), 3.5)
     chunks = (0, 1)  # cond row, uncond row: each gets its own side's context, as the sampler batches them
+    sides = {0: pos, 1: neg}
     cond = {"c_crossattn": text, "y": comfy_kw["y"],
-            "crossattn_controlnet": torch.cat([(pos if c == 0 else neg)[0][1]["cross_attn_controlnet"] for c in chunks])}
+            "crossattn_controlnet": torch.cat([sides[c][0][1]["cross_attn_controlnet"] for c in chunks])}
     with torch.no_grad():
         ours = control.get_control(x, sigma, cond, len(chunks), {})
         down, mid = theirs_net(x / (sigma[:, None, None, None] ** 2 + 1) ** 0.5, sampling.timestep(sigma),

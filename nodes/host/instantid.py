@@ -141,8 +141,8 @@ def apply_identity_control(positive, negative, control_net, tokens: ImageTokens,
     check_tokens(tokens)
     check_controlnet(control_net, tokens)
     if keypoints.ndim != 4 or keypoints.shape[-1] != 3 or keypoints.shape[0] == 0:
-        raise InputError(f"keypoints should be an IMAGE [batch, height, width, 3] (from Likeness Face Embed or Likeness "
-                         f"Face Keypoints); got shape {tuple(keypoints.shape)}.")
+        raise InputError(f"keypoints should be an IMAGE [batch, height, width, 3] (from Likeness Face Embed or "
+                         f"Likeness Face Keypoints); got shape {tuple(keypoints.shape)}.")
     if strength == 0:
         return positive, negative
     hint = keypoints.movedim(-1, 1)
