@@ -61,6 +61,33 @@ def split(total: float, spent: collections.Counter, photos: int) -> dict:
     return {name: t / photos for name, t in zip(PARTS, parts)}
 
 
+def time_parts(model, images: dict, work, rounds: int, unit: str) -> None:
+    """Times `work(batch)` for each batch in `images` (rounds interleaved) and prints seconds per `unit`, split
+    into the two networks, insightface's glue and Likeness's own code (the rest). The model's sessions must exist
+    already (run `work` once before)."""
+    watch = Stopwatch()
+    watch.wrap(model.detector, "detect", "detect")
+    for session in {id(s): s for s in model.detector.resolution_sessions.values()}.values():
+        watch.wrap(session, "run", "detector network")
+    watch.wrap(model.recogniser, "get_feat", "get_feat")
+    watch.wrap(model.recogniser.session, "run", "recogniser network")
+    splits = {name: [] for name in images}
+
+    def run(name):
+        watch.take()
+        t0 = time.perf_counter()
+        work(images[name])
+        splits[name].append(split(time.perf_counter() - t0, watch.take(), images[name].shape[0]))
+
+    results = interleaved({name: (lambda n=name: run(n)) for name in images}, rounds, warmup=1)
+    print(f"\nseconds per {unit} (median of {rounds} rounds; parts are medians of their own)")
+    print(f"  {'':<10} {'total':>8} " + " ".join(f"{p:>19}" for p in PARTS))
+    for name, r in results.items():
+        parts = {p: statistics.median(s[p] for s in splits[name][1:]) for p in PARTS}  # [0] is the warm-up
+        total = r["median_s"] / images[name].shape[0]
+        print(f"  {name:<10} {total:8.3f} " + " ".join(f"{parts[p]:10.4f} ({parts[p] / total:5.1%})" for p in PARTS))
+
+
 def main(rounds: int = 5, batch: int = 8):
     print("Likeness face-embedding benchmark (buffalo_l shapes, random weights):", machine())
     for line in face_arch.describe():
@@ -79,28 +106,7 @@ def main(rounds: int = 5, batch: int = 8):
               for i in range(batch)]
     images = {"1 photo": to_comfy(photos[0]), f"{batch} photos": to_comfy(*photos)}
     host.embed_faces(model, images["1 photo"])  # makes insightface's 640x640 detector session
-    watch = Stopwatch()
-    watch.wrap(model.detector, "detect", "detect")
-    for session in {id(s): s for s in model.detector.resolution_sessions.values()}.values():
-        watch.wrap(session, "run", "detector network")
-    watch.wrap(model.recogniser, "get_feat", "get_feat")
-    watch.wrap(model.recogniser.session, "run", "recogniser network")
-
-    splits = {name: [] for name in images}
-
-    def embed(name):
-        watch.take()
-        t0 = time.perf_counter()
-        host.embed_faces(model, images[name])
-        splits[name].append(split(time.perf_counter() - t0, watch.take(), images[name].shape[0]))
-
-    results = interleaved({name: (lambda n=name: embed(n)) for name in images}, rounds, warmup=1)
-    print(f"\nseconds per photo (median of {rounds} rounds; parts are medians of their own)")
-    print(f"  {'':<10} {'total':>8} " + " ".join(f"{p:>19}" for p in PARTS))
-    for name, r in results.items():
-        parts = {p: statistics.median(s[p] for s in splits[name][1:]) for p in PARTS}  # [0] is the warm-up
-        total = r["median_s"] / images[name].shape[0]
-        print(f"  {name:<10} {total:8.3f} " + " ".join(f"{parts[p]:10.4f} ({parts[p] / total:5.1%})" for p in PARTS))
+    time_parts(model, images, lambda photos_: host.embed_faces(model, photos_), rounds, "photo")
 
     blob = {"input.1": np.random.default_rng(0).uniform(-1, 1, (1, 3, 640, 640)).astype(np.float32)}
     alone = onnxruntime.InferenceSession(os.path.join(folder, "scrfd_10g_alone.onnx.ref"),

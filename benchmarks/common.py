@@ -37,6 +37,12 @@ import torch  # noqa: E402
 
 GPU = torch.cuda.is_available() and os.environ.get("LIKENESS_BENCH_CPU") != "1"
 comfy.cli_args.args.cpu = not GPU
+# LIKENESS_DYNAMIC_VRAM=on|off runs under ComfyUI's dynamic VRAM or explicitly without it (a ComfyUI that has it
+# turns it on by default in main.py; a script that imports comfy gets it only when asked). Unset: untouched.
+DYNAMIC_VRAM = os.environ.get("LIKENESS_DYNAMIC_VRAM", "")
+for flag, wanted in (("disable_dynamic_vram", "off"), ("enable_dynamic_vram", "on")):
+    if DYNAMIC_VRAM == wanted and hasattr(comfy.cli_args.args, flag):
+        setattr(comfy.cli_args.args, flag, True)
 import utils.install_util  # noqa: E402,F401
 import comfy.model_management  # noqa: E402
 import comfy.model_patcher  # noqa: E402
@@ -52,6 +58,40 @@ DEVICE = comfy.model_management.get_torch_device()
 DTYPE = torch.float16 if GPU else torch.float32
 
 
+def start_dynamic_vram() -> str:
+    """Turn dynamic VRAM on as ComfyUI's main.py does (comfy-aimdo on the device, the dynamic ModelPatcher as the
+    core one), every step feature-detected. Returns "on" or why not."""
+    patchers = comfy.model_patcher
+    if not hasattr(patchers, "ModelPatcherDynamic"):
+        return "unavailable: this ComfyUI has no dynamic VRAM"
+    if not GPU:
+        return "unavailable: needs a CUDA device"
+    try:
+        control = importlib.import_module("comfy_aimdo.control")
+        index = DEVICE.index or 0
+        if hasattr(control, "init_devices"):
+            try:
+                started = control.init_devices([index])
+            except TypeError:  # newer comfy-aimdo takes (index, headroom bytes)
+                started = control.init_devices([(index, 0)])
+        else:
+            started = control.init_device(index)
+    except Exception as e:  # not installed, or its native part failed
+        return f"unavailable: comfy-aimdo ({type(e).__name__}: {e})"
+    if not started:
+        return "unavailable: comfy-aimdo found no usable device"
+    memory = importlib.import_module("comfy.memory_management")
+    if hasattr(memory, "aimdo_enabled"):
+        memory.aimdo_enabled = True
+    if hasattr(memory, "aimdo_allocator"):
+        memory.aimdo_allocator = importlib.import_module("comfy_aimdo.torch").get_torch_allocator()
+    patchers.CoreModelPatcher = patchers.ModelPatcherDynamic
+    return "on"
+
+
+DYNAMIC_STATE = start_dynamic_vram() if DYNAMIC_VRAM == "on" else (DYNAMIC_VRAM or "not requested")
+
+
 def pack(module: str):
     return importlib.import_module(f"{PACK_MODULE}.{module}")
 
@@ -60,7 +100,7 @@ def machine() -> str:
     dev = torch.cuda.get_device_name(0) if GPU else f"CPU ({platform.processor() or platform.machine()}, " \
                                                      f"{torch.get_num_threads()} threads)"
     return (f"{dev}; torch {torch.__version__}; ComfyUI {comfyui_version()}; dtype {str(DTYPE).split('.')[-1]}; "
-            f"{time.strftime('%Y-%m-%d')}")
+            f"dynamic VRAM {DYNAMIC_STATE}; {time.strftime('%Y-%m-%d')}")
 
 
 def comfyui_version() -> str:
@@ -81,6 +121,11 @@ def real_unet(kind: str, seed: int = 0):
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.02, generator=gen)
+    if DYNAMIC_STATE == "on":  # dynamic VRAM streams weights from the offload device (RAM) as layers run
+        cpu = torch.device("cpu")
+        patcher = comfy.model_patcher.CoreModelPatcher(model.to(cpu), load_device=DEVICE, offload_device=cpu)
+        assert patcher.is_dynamic(), "dynamic VRAM was started but the core ModelPatcher is not dynamic"
+        return patcher
     return comfy.model_patcher.ModelPatcher(model, load_device=DEVICE, offload_device=DEVICE)
 
 

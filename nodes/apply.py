@@ -38,7 +38,7 @@ def apply_tokens(model, adapter, tokens, weight, weight_type="linear", start_at=
     sigma_start, sigma_end = sigma_window(model, start_at, end_at)
     prompt = build_image_prompt(adapter, tokens, sites, weight, weight_type, embeds_scaling, sigma_start, sigma_end,
                                 attn_mask, device=comfy.model_management.get_torch_device())
-    return apply_faceid_lora(install(model, prompt), adapter, faceid_lora_strength)
+    return apply_faceid_lora(install(model, prompt, sites), adapter, faceid_lora_strength)
 
 
 class LikenessApply(LikenessNode):

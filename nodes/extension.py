@@ -8,6 +8,8 @@ folders.register_all()
 routes.register()  # /likeness/* routes for web/js/likeness.js, when a server runs
 
 from .apply import LikenessApply, LikenessApplySimple  # noqa: E402
+from .check.identity_score import LikenessIdentityScore  # noqa: E402
+from .check.subject_score import LikenessSubjectScore  # noqa: E402
 from .edit.qwen_encode import LikenessQwenEditEncode  # noqa: E402
 from .edit.reference_latents import LikenessReferenceLatents  # noqa: E402
 from .edit.reference_pack import LikenessReferencePack  # noqa: E402
@@ -26,6 +28,7 @@ NODES = [
     LikenessSaveReferences, LikenessLoadReferences,
     LikenessReferencePack, LikenessReferenceLatents, LikenessQwenEditEncode,
     LikenessFaceKeypoints, LikenessInstantIDControl, LikenessInstantID,
+    LikenessIdentityScore, LikenessSubjectScore,
 ]
 
 

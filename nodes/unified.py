@@ -172,7 +172,9 @@ class LikenessModelDoctor(LikenessNode):
                         "each one is, and which presets work for SD1.5 and SDXL (or what to download); what this "
                         "ComfyUI offers each edit model, and warnings about this workflow's reference methods.",
             inputs=[],
-            outputs=[io.String.Output(display_name="report")],
+            outputs=[io.String.Output(display_name="report",
+                                      tooltip="Every model file Likeness can see and what it is, which presets work "
+                                              "(or what to download), and the edit-model checks of this workflow.")],
             hidden=[io.Hidden.prompt],  # the workflow, for its edit-model checks
             is_output_node=True,
             not_idempotent=True,

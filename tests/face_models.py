@@ -101,13 +101,21 @@ def detector_model():
     return model
 
 
-def recogniser_model(seed: int = 1234, size: int = 112, width: int = 512):
+def recogniser_model(seed: int = 1234, size: int = 112, width: int = 512, colour_only: bool = False):
+    """`colour_only`: the projection sees each pixel minus its own grey level, so grey areas (the disc, the
+    background) give nothing and only coloured patterns count: different patterns are different people, whose
+    embeddings are nearly orthogonal as a real recogniser's are (see `person_face`)."""
     onnx, TensorProto, helper, numpy_helper = _helpers()
     cells = size // 8
     features = 3 * cells * cells
     weights = (np.random.default_rng(seed).standard_normal((features, width)) / np.sqrt(features)).astype(np.float32)
-    nodes = [
-        helper.make_node("AveragePool", ["input.1"], ["pooled"], name="pool", kernel_shape=[8, 8], strides=[8, 8]),
+    source, nodes = "input.1", []
+    if colour_only:
+        nodes = [helper.make_node("ReduceMean", ["input.1"], ["grey"], name="grey", axes=[1], keepdims=1),
+                 helper.make_node("Sub", ["input.1", "grey"], ["colour"], name="colour")]
+        source = "colour"
+    nodes += [
+        helper.make_node("AveragePool", [source], ["pooled"], name="pool", kernel_shape=[8, 8], strides=[8, 8]),
         helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten", axis=1),
         helper.make_node("MatMul", ["flat", "fc_w"], ["fc1"], name="fc"),
     ]
@@ -145,7 +153,7 @@ PACK_FILES = {  # (detector, recogniser) file names of the published packs
 
 
 def write_pack(folder: str, detector: bool = True, recogniser: bool = True, extra: bool = True,
-               recogniser_seed: int = 1234, style: str = "buffalo_l") -> str:
+               recogniser_seed: int = 1234, colour_only: bool = False, style: str = "buffalo_l") -> str:
     """Write a model pack folder with the file names of `style` (buffalo_l or antelopev2); returns the folder."""
     import onnx
 
@@ -156,7 +164,7 @@ def write_pack(folder: str, detector: bool = True, recogniser: bool = True, extr
     if detector:
         onnx.save(detector_model(), os.path.join(folder, det_name))
     if recogniser:
-        onnx.save(recogniser_model(recogniser_seed), os.path.join(folder, rec_name))
+        onnx.save(recogniser_model(recogniser_seed, colour_only=colour_only), os.path.join(folder, rec_name))
     return folder
 
 
@@ -181,6 +189,59 @@ def face_image(width: int = 640, height: int = 480, faces=((320, 200, 80),), bac
         img[mouth] = rng.integers(60, 200, 3)
     img += rng.normal(0, 2.0, img.shape)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- people with known identities
+
+PERSON_CELLS = 8  # the identity pattern is an 8 x 8 grid of colours over the middle of the face
+PERSON_SKIN, PERSON_BACKGROUND, PERSON_RADIUS = 200, 20, 96
+
+
+def identity_pattern(identity: int) -> np.ndarray:
+    """A person: an [8, 8, 3] grid of colour offsets whose channels sum to 0 in every cell (pure colour, no
+    brightness), scaled to unit RMS."""
+    v = np.random.default_rng(10_000 + identity).standard_normal((PERSON_CELLS, PERSON_CELLS, 3))
+    v -= v.mean(axis=-1, keepdims=True)
+    return v / np.sqrt((v ** 2).mean())
+
+
+def photo_pattern(identity: int, photo: int = 0, variation: float = 0.5) -> np.ndarray:
+    """One photo of a person: their pattern plus `variation` times a pattern of its own (light, expression...)."""
+    v = identity_pattern(identity) + variation * identity_pattern(1_000_000 + 1000 * identity + photo)
+    return v / np.sqrt((v ** 2).mean())
+
+
+def blend_pattern(a: np.ndarray, b: np.ndarray, weight_b: float = 0.5) -> np.ndarray:
+    """A face part one pattern, part another (two photos, or two people)."""
+    v = (1 - weight_b) * a + weight_b * b
+    return v / np.sqrt((v ** 2).mean())
+
+
+def person_face(width: int = 640, height: int = 480, faces=((320, 224, None),), amplitude: float = 16.0) -> np.ndarray:
+    """uint8 RGB: grey discs on a dark grey background, each (cx, cy, pattern) with the pattern (from
+    `photo_pattern`, `blend_pattern`...; None for a blank face) painted over its middle as pure colour.
+
+    The colour offsets are whole numbers whose three channels sum to 0, so every pixel keeps the disc's grey
+    level exactly: the detector (which reads the channel mean) finds every face at the same place, whatever its
+    pattern. With the centres on multiples of 32 px (the detector's stride) and the image 640 px wide, every face
+    gives the same aligned crop up to its pattern, and a `colour_only` recogniser sees only the pattern."""
+    img = np.full((height, width, 3), PERSON_BACKGROUND, dtype=np.int32)
+    yy, xx = np.mgrid[:height, :width]
+    r = PERSON_RADIUS
+    for cx, cy, pattern in faces:
+        disc = (xx - cx) ** 2 + (yy - cy) ** 2 <= r ** 2
+        img[disc] = PERSON_SKIN
+        if pattern is None:
+            continue
+        half = int(r * 0.7)
+        ys, xs = slice(cy - half, cy + half), slice(cx - half, cx + half)
+        cell = np.arange(2 * half) * PERSON_CELLS // (2 * half)
+        offsets = pattern[cell[:, None], cell[None, :]] * amplitude  # [2h, 2h, 3]
+        rg = np.rint(offsets[..., :2]).astype(np.int32)
+        img[ys, xs, :2] += rg
+        img[ys, xs, 2] -= rg.sum(axis=-1)
+    assert img.min() >= 0 and img.max() <= 255, "pattern amplitude too large for the skin level"
+    return img.astype(np.uint8)
 
 
 def to_comfy(*rgb_images: np.ndarray):

@@ -8,9 +8,11 @@ Debian's chromium), once with the classic canvas and once with the Vue node rend
 * loads every example workflow from the template route the template browser uses, and asserts no missing
   node types, no node errors, no dialogs, and no new console errors (errors already present before any
   workflow is loaded are a baseline of the bare frontend, but any error that mentions Likeness fails);
-* checks the extension's widgets: the weight chart on Likeness Apply and the adapter info on the loader;
+* checks the extension's widgets: the weight chart on Likeness Apply, the adapter info on the loader and the
+  report panel on the identity checks;
 * checks that the frontend's own UI -> API conversion (`graphToPrompt`) equals tests/test_workflows.py's;
-* queues one workflow (model loaders swapped as in test_workflows) and waits for success;
+* queues one workflow (model loaders swapped as in test_workflows), waits for success, and checks that every
+  node that sent text (ui.PreviewText) shows it on the node, a node other than the checks included;
 * saves screenshots under tests/artifacts/browser/.
 
 Needs /usr/bin/chromium (or $LIKENESS_CHROMIUM), node, and `npm ci` in tests/browser; .ci/run installs them.
@@ -42,6 +44,7 @@ BROWSER_DIR = PACK / "tests" / "browser"
 ARTIFACTS = PACK / "tests" / "artifacts" / "browser"
 CHROMIUM = os.environ.get("LIKENESS_CHROMIUM", "/usr/bin/chromium")
 RUN = "likeness_sd15_basic"
+CHECKS = ("LikenessIdentityScore", "LikenessSubjectScore")
 SERVER_START_S = 240
 
 
@@ -192,11 +195,21 @@ def test_workflows_load_and_run_in_the_browser(server, vue):
                 assert node["chart"]["layout"] in ("sd15", "sdxl") and "guessed" not in node["chart"]["text"], node
             if node["type"] == "LikenessAdapterLoader":
                 assert node["info"] and node["info"]["family"] and "needs" in node["info"]["text"], f"{where}: {node}"
+            if node["type"] in CHECKS:
+                assert node["report"] and "report appears here" in node["report"]["text"], f"{where}: {node}"
+                assert result["reportShown"] or not panels_render, f"{where}: the report panel is not visible"
     assert report["workflows"][RUN]["follows"], "the chart-follows-widgets check did not run"
     run = report["run"]
     assert run["status"] == "success", f"{report['mode']}: queued {RUN}: {run}"
     assert any(o.get("images") for o in run["outputs"].values()), run["outputs"]
     assert not _ours(run["errors"]), run["errors"]
+    # Every node that sent text (ui.PreviewText) shows it after the run, not only the checks.
+    sent = {node_id: "\n".join(o["text"]) for node_id, o in run["outputs"].items() if o.get("text")}
+    panels = {p["id"]: p for p in run["panels"]}
+    assert {node_id: panels.get(node_id, {}).get("text") for node_id in sent} == sent, (sent, run["panels"])
+    others = [panels[node_id] for node_id in sent if panels[node_id]["type"] not in CHECKS]
+    assert others, f"{RUN}: no node other than a check sent text: {sent}"
+    assert all(p["shown"] for p in others) or not panels_render, f"{report['mode']}: text not visible: {others}"
 
 
 def _comparable(prompt: dict) -> dict:

@@ -164,10 +164,9 @@ def test_offload_and_reload_give_identical_results(adapters, sd15):
     comfy.model_management.unload_all_models()
     comfy.model_management.soft_empty_cache()
     replace = next(iter(patched.model_options["transformer_options"]["patches_replace"]["attn2"].values()))
-    replace.to(torch.device("cpu"))  # what ComfyUI calls on offload; device copies are dropped and remade
-    assert replace.prompts[0].placed_device is None or replace.prompts[0].placed_device.type == "cpu"
+    replace.to(torch.device("cpu"))  # what ComfyUI calls on offload: copies on the device left are dropped
+    assert all(device.type == "cpu" for device, _ in replace.prompts[0].copies.placed())
     assert torch.equal(sample(patched), first)
-
 
 
 def test_offload_drops_copies_placed_on_another_device(adapters, sd15):
@@ -175,12 +174,14 @@ def test_offload_drops_copies_placed_on_another_device(adapters, sd15):
     patched = apply_node.apply_tokens(sd15, adapter, tokens_for(adapter), 1.0)
     replace = next(iter(patched.model_options["transformer_options"]["patches_replace"]["attn2"].values()))
     prompt = replace.prompts[0]
-    prompt.kv_on(replace.key, torch.device("meta"), torch.float16)  # stands in for a GPU copy
-    assert prompt.placed_device.type == "meta"
-    replace.to(torch.device("meta"))  # loading onto the device keeps them
-    assert prompt.placed_device.type == "meta"
+    meta = (torch.device("meta"), torch.float16)
+    replace.to(torch.device("meta"))  # stands in for a GPU: ComfyUI loads (device, then dtype)
+    replace.to(torch.float16)
+    assert meta in prompt.copies.placed()
+    replace.to(torch.device("meta"))  # loading onto the same device again keeps them
+    assert meta in prompt.copies.placed()
     replace.to("cpu")
-    assert prompt.placed_device is None
+    assert meta not in prompt.copies.placed()
     assert prompt.site_kv[replace.key].k_cond.device.type == "cpu"  # the originals stay
 
 merge_node = pack("nodes.merge")

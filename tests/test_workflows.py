@@ -381,6 +381,23 @@ def test_workflow_is_documented_and_uses_official_files(path):
         assert list((PACK / "workflows" / "inputs" / name).glob("*.png")), f"workflows/inputs/{name}/ has no images"
 
 
+GATES = {"LikenessIdentityScore": 2, "LikenessSubjectScore": 2}  # node type -> its `passed` output
+
+
+def gate_before(prompt: dict, node_id: str) -> str | None:
+    """The score node whose `passed` output feeds `node_id`, directly or through other nodes, if any."""
+    seen, todo = set(), [node_id]
+    while todo:
+        for value in prompt[todo.pop()]["inputs"].values():
+            if isinstance(value, list) and len(value) == 2 and value[0] in prompt and value[0] not in seen:
+                source, slot = value
+                if GATES.get(prompt[source]["class_type"]) == slot:
+                    return source
+                seen.add(source)
+                todo.append(source)
+    return None
+
+
 @pytest.mark.filterwarnings("error:invalid value encountered in cast:RuntimeWarning")
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_runs_end_to_end(path, workflow_models):
@@ -393,6 +410,11 @@ def test_workflow_runs_end_to_end(path, workflow_models):
     assert result.success, f"{path.name}: {result.execution_error()}"
     outputs = result.executor.history_result["outputs"]
     for node_id, prefix in saves.items():
+        gate = gate_before(prompt, node_id)
+        if gate is not None and node_id not in outputs:
+            # Tiny models draw no face: the identity check blocked the save, and its report must say so.
+            assert "No image passed" in " ".join(outputs[gate]["text"]), f"{node_id} did not run: {outputs[gate]}"
+            continue
         images = outputs[node_id]["images"]
         assert images, f"SaveImage {node_id} saved nothing"
         for image in images:
@@ -450,3 +472,70 @@ def test_every_node_has_a_help_page_that_covers_its_inputs_and_tooltips():
             if not opts.get("tooltip"):
                 problems.append(f"{node_id}: input `{name}` has no tooltip")
     assert not problems, "\n".join(problems)
+
+
+def feed_photos(prompt: dict, node_id: str, photos: list[str]) -> None:
+    """Replace the `images` input of `node_id` with a batch of shipped photos."""
+    last = None
+    for i, name in enumerate(photos):
+        prompt[f"feed{i}"] = {"class_type": "LoadImage", "inputs": {"image": name}}
+        if last is not None:
+            prompt[f"join{i}"] = {"class_type": "ImageBatch", "inputs": {"image1": last, "image2": [f"feed{i}", 0]}}
+        last = [f"join{i}" if last is not None else f"feed{i}", 0]
+    prompt[node_id]["inputs"]["images"] = last
+
+
+def check_run(prompt: dict, score: str):
+    result = run_prompt(prompt)
+    assert result.success, result.execution_error()
+    outputs = result.executor.history_result["outputs"]
+    report = " ".join(outputs[score]["text"])
+    saved = [k for k, v in prompt.items() if v["class_type"] == "SaveImage" and gate_before(prompt, k) == score]
+    assert saved and all(k in outputs for k in saved), report
+    return report, sum(len(outputs[k]["images"]) for k in saved)
+
+
+@pytest.mark.parametrize("name, photos", [
+    ("likeness_identity_check_faceid", ["likeness_face_1.png", "likeness_face_2.png"]),
+    ("likeness_subject_check_product", ["likeness_product_1.png", "likeness_product_3.png"]),
+    # The edit-model examples score against the candidates' faces; the merge would drop other people, and the test
+    # recogniser sees all 8 candidates as one person.
+    ("likeness_kontext_reference_pack", ["likeness_candidates/candidate_2.png", "likeness_candidates/candidate_5.png"]),
+    ("likeness_qwen_edit_reference_pack", ["likeness_candidates/candidate_3.png", "likeness_candidates/candidate_6.png"]),
+])
+def test_check_workflows_save_the_images_that_pass(name, photos, workflow_models):
+    """The tiny models draw no face, so above the checks block their saves. Given the reference photos instead of
+    the generated images, the same workflows pass them, save them and preview the best."""
+    prompt = test_prompt(_load(PACK / "workflows" / f"{name}.json"))
+    score = next(k for k, v in prompt.items() if v["class_type"] in GATES)
+    feed_photos(prompt, score, photos)
+    report, saved = check_run(prompt, score)
+    assert saved == len(photos), report
+    if name.endswith("reference_pack"):
+        assert "Person 1 (references): 8 references" in report, report
+
+
+def test_two_people_workflow_assigns_each_face_to_its_person(workflow_models, tmp_path):
+    """The two-person check with photos a recogniser can tell apart: the suite's colour-pattern people
+    (tests/face_models.py) and a pack whose recogniser sees them as different people, under the shipped pack
+    name. The placeholder photos are swapped for them in the Load Image nodes, as a user loads their own."""
+    face_models.write_pack(str(tmp_path / "models" / "buffalo_l"), colour_only=True)
+    inputs = Path(folder_paths.get_input_directory())
+    people = {"check_person_1.png": face_models.person_face(faces=((320, 224, face_models.photo_pattern(0, 0)),)),
+              "check_person_2.png": face_models.person_face(faces=((320, 224, face_models.photo_pattern(1, 0)),)),
+              "check_pair.png": face_models.person_face(faces=((160, 224, face_models.photo_pattern(0, 1)),
+                                                               (480, 224, face_models.photo_pattern(1, 1))))}
+    for file, rgb in people.items():
+        PIL.Image.fromarray(rgb).save(inputs / file)
+    prompt = test_prompt(_load(PACK / "workflows" / "likeness_identity_check_two_people.json"))
+    for node in prompt.values():
+        title = node["_meta"]["title"]
+        if node["class_type"] == "LoadImage" and title.startswith("Person "):
+            node["inputs"]["image"] = f"check_person_{title[7]}.png"
+    score = next(k for k, v in prompt.items() if v["class_type"] in GATES)
+    feed_photos(prompt, score, ["check_pair.png"])
+    with face_models.model_folder("insightface", str(tmp_path), first=True):
+        report, saved = check_run(prompt, score)
+    assert saved == 1, report
+    assert "Face 1 (x 99-221) -> person 1" in report and "Face 2 (x 419-541) -> person 2" in report, report
+    assert "SWAP" not in report and "BLEND" not in report, report

@@ -4,16 +4,19 @@
 
 with K_a = tokens_a W_k^T and V_a = tokens_a W_v^T for the site, and the site weight folded into K_a/V_a
 according to the embeds scaling. K_a and V_a are constant over a sampling run, so they are computed once
-when the adapter is applied and cast once per device and dtype, never per step.
+when the adapter is applied, and copied to the sampling device and dtype when ComfyUI loads the model
+(placement.py), never inside the forward.
 
-The objects here are immutable once built and return themselves from `__deepcopy__`: ComfyUI deep-copies
-`model_options` on every `ModelPatcher.clone()`, and the image keys and values must not be copied with it.
+An ImagePrompt holds the tensors and returns itself from `__deepcopy__`: ComfyUI deep-copies `model_options`
+on every `ModelPatcher.clone()`, and the image keys and values must not be copied with it. The attn2 replace
+objects that point at it are light; each clone gets its own, which tracks where that clone's model is loaded.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
-import threading
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -21,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .placement import AllocationPause, DeviceCopies, MovesWithModel, no_pause
 
 EMBEDS_SCALING = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
 PENALTY_WIDTH = 1280  # sites this wide get the full weight under the "C penalty" modes
@@ -37,10 +41,6 @@ class SiteKV:
     v_cond: torch.Tensor
     k_uncond: torch.Tensor
     v_uncond: torch.Tensor
-
-    def to(self, device, dtype) -> "SiteKV":
-        return SiteKV(*(t.to(device=device, dtype=dtype) for t in (self.k_cond, self.v_cond, self.k_uncond,
-                                                                    self.v_uncond)))
 
 
 def scale_keys_values(k: torch.Tensor, v: torch.Tensor, weight: float, width: int, scaling: str):
@@ -110,7 +110,10 @@ def image_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: in
     return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, width)
 
 
-ImageKV = tuple  # (k [b, tokens, width], v [b, tokens, width], mask [b, n, 1] or None), laid out along q's batch
+ImageKV = tuple
+"""What one adapter attends to at one site: (k [G, tokens, width], v [G, tokens, width], mask [1 or G, L, 1] or
+None). The b query rows of a site call fall into G groups of consecutive rows that share K/V (the cond/uncond
+chunks of ComfyUI's batch), so K/V are G rows, not b: `fold` views q as [G, L, width] with L = b / G * n."""
 
 # One pass for several adapters pays from this many queries on (measured on CPU, benchmarks/RESULTS.md); below
 # it, one SDPA call per adapter is cheaper. The score tensor of one pass is capped so full-face adapters at
@@ -119,11 +122,17 @@ GROUPED_MIN_QUERIES = 256
 GROUPED_MAX_SCORES = 1 << 24
 
 
+def fold(q: torch.Tensor, groups: int) -> torch.Tensor:
+    """[b, n, width] queries as [groups, b / groups * n, width] (a view: rows of one group are consecutive)."""
+    return q if q.shape[0] == groups else q.reshape(groups, -1, q.shape[-1])
+
+
 def grouped_image_attention(q: torch.Tensor, parts: Sequence[ImageKV], heads: int) -> torch.Tensor:
     """sum_a mask_a * softmax(q k_a^T / sqrt(d)) v_a for adapters with the same number of image tokens.
 
-    One matmul gives every adapter's scores, the softmax runs per adapter, and the second matmul also does the
-    sum over adapters; the queries are read in place, once per batch row, instead of once per adapter."""
+    q is [G, L, width], laid out like the parts' K/V. One matmul gives every adapter's scores, the softmax runs
+    per adapter, and the second matmul also does the sum over adapters; the queries are read in place, once per
+    row, instead of once per adapter."""
     b, n, width = q.shape
     d = width // heads
     count, tokens = len(parts), parts[0][0].shape[1]
@@ -131,7 +140,8 @@ def grouped_image_attention(q: torch.Tensor, parts: Sequence[ImageKV], heads: in
     v = torch.cat([p[1] for p in parts], 1).view(b, count * tokens, heads, d).transpose(1, 2)
     masks = None
     if any(p[2] is not None for p in parts):
-        masks = torch.cat([q.new_ones(b, n, 1) if p[2] is None else p[2] for p in parts], 2)  # [b, n, adapters]
+        ones = q.new_ones(1, 1, 1)
+        masks = torch.cat([(ones if p[2] is None else p[2]).expand(b, n, 1) for p in parts], 2)  # [b, n, adapters]
     out = q.new_empty(b, n, width)
     for row in range(b):
         scores = torch.bmm(q[row].view(n, heads, d).transpose(0, 1), k[row])  # [heads, n, adapters * tokens]
@@ -147,18 +157,19 @@ def _masked(term: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def image_attention_sum(q: torch.Tensor, parts: Sequence[ImageKV], heads: int) -> torch.Tensor:
-    """The summed image term of several adapters at one site: grouped passes where they pay, else one
-    attention call per adapter. Sums in place where no autograd graph is recorded."""
-    by_tokens: dict[int, list] = {}
+    """The summed image term of several adapters at one site, [b, n, width]: grouped passes where they pay,
+    else one attention call per adapter. Sums in place where no autograd graph is recorded."""
+    by_layout: dict[tuple, list] = {}
     for p in parts:
-        by_tokens.setdefault(p[0].shape[1], []).append(p)
-    n = q.shape[1]
+        by_layout.setdefault((p[0].shape[1], p[0].shape[0]), []).append(p)
     total = None
-    for tokens, group in by_tokens.items():
+    for (tokens, groups), group in by_layout.items():
+        qg = fold(q, groups)
+        n = qg.shape[1]
         if len(group) > 1 and n >= GROUPED_MIN_QUERIES and heads * n * tokens * len(group) <= GROUPED_MAX_SCORES:
-            terms = [grouped_image_attention(q, group, heads)]
+            terms = [grouped_image_attention(qg, group, heads)]
         else:
-            terms = [_masked(image_attention(q, k, v, heads), mask) for k, v, mask in group]
+            terms = [_masked(image_attention(qg, k, v, heads), mask) for k, v, mask in group]
         for term in terms:
             if total is None:
                 total = term
@@ -166,11 +177,96 @@ def image_attention_sum(q: torch.Tensor, parts: Sequence[ImageKV], heads: int) -
                 total = total + term
             else:
                 total.add_(term)
-    return total
+    return total if total.shape == q.shape else total.view(q.shape)
+
+
+def chunk_slice(chunks: tuple) -> tuple[int, int] | None:
+    """Where rows in this cond/uncond order sit in a [cond, uncond, cond] stack, as (start, count); None when no
+    slice of it fits (ComfyUI's orders, (0,), (1,), (0, 1), (1, 0) and (0, 1, 0), all do)."""
+    if any(a == b for a, b in zip(chunks, chunks[1:])):
+        return None
+    start = 0 if chunks[0] == 0 else 1
+    return (start, len(chunks)) if start + len(chunks) <= 3 else None
+
+
+class PlacedPrompt:
+    """An ImagePrompt's K/V and mask on one device in one dtype, made before sampling; and what sampling derives
+    from them once per run (a mask on each site's grid, K/V for an unusual cond/uncond order)."""
+
+    DERIVED_LIMIT = 256
+
+    def __init__(self, site_kv: Mapping[SiteKey, SiteKV], mask: torch.Tensor | None, device, dtype):
+        self.device, self.dtype = device, dtype
+        self.kv = {key: (torch.stack([kv.k_cond, kv.k_uncond, kv.k_cond]).to(device=device, dtype=dtype),
+                         torch.stack([kv.v_cond, kv.v_uncond, kv.v_cond]).to(device=device, dtype=dtype))
+                   for key, kv in site_kv.items()}
+        self.mask = None if mask is None else mask.to(device)  # float32: resized per grid, then cast
+        self.derived: dict = {}
+        self.layouts: dict = {}  # (site, chunks, batch, tokens, grid) -> ImageKV: views and derived tensors
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor made for this copy (views of the placed stacks are not new tensors and not listed)."""
+        held = [t for pair in self.kv.values() for t in pair] + ([self.mask] if self.mask is not None else [])
+        return held + [t for value in self.derived.values() for t in value if t is not None]
+
+    def _remember(self, key, value):
+        if len(self.derived) >= self.DERIVED_LIMIT:
+            self.derived = {}
+        self.derived[key] = value
+        return value
+
+    def layout(self, key: SiteKey, chunks: tuple, batch: int, tokens: int, extra: Mapping, pause) -> ImageKV:
+        """K, V and mask for one site call (see ImageKV). The first call of a run with this batch layout builds
+        them (views of the placed stacks; the mask on this site's grid); later steps only look them up."""
+        # A mask depends on the site's grid, which two latent shapes with the same token count do not share.
+        grid = None if self.mask is None else token_grid(tokens, extra.get("activations_shape"),
+                                                          extra.get("original_shape"))
+        hit = self.layouts.get((key, chunks, batch, tokens, grid))
+        if hit is None:
+            rows = tuple(1 if c == 1 else 0 for c in chunks)
+            if batch % len(rows):
+                raise InputError(f"a batch of {batch} rows cannot be split into the {len(rows)} cond/uncond "
+                                 "chunks.")
+            k, v = self.for_chunks(key, rows, pause)
+            mask = None if self.mask is None else self.mask_for(key, batch // len(rows), tokens, extra, pause)
+            hit = (k, v, mask)
+            if len(self.layouts) >= self.DERIVED_LIMIT:
+                self.layouts = {}
+            self.layouts[(key, chunks, batch, tokens, grid)] = hit
+        return hit
+
+    def for_chunks(self, key: SiteKey, chunks: tuple, pause) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V for the chunks of a batch, [len(chunks), tokens, width]: views of the placed stack."""
+        k, v = self.kv[key]
+        where = chunk_slice(chunks)
+        if where is not None:
+            start, count = where
+            return k[start:start + count], v[start:start + count]
+        hit = self.derived.get(("chunks", key, chunks))
+        if hit is None:
+            with pause():
+                rows = torch.tensor([1 if c == 1 else 0 for c in chunks], device=k.device)
+                hit = self._remember(("chunks", key, chunks), (k.index_select(0, rows), v.index_select(0, rows)))
+        return hit
+
+    def mask_for(self, key: SiteKey, per: int, tokens: int, extra: Mapping, pause) -> torch.Tensor:
+        """[1, per * tokens, 1]: latent i of every chunk uses mask i (the last one repeats), on this site's grid."""
+        h, w = token_grid(tokens, extra.get("activations_shape"), extra.get("original_shape"))
+        cache_key = ("mask", key, per, tokens, h, w)
+        hit = self.derived.get(cache_key)
+        if hit is None:
+            with pause():
+                site_mask = resize_mask(self.mask, h, w, tokens)
+                rows = torch.arange(per, device=site_mask.device).clamp(max=site_mask.shape[0] - 1)
+                hit = self._remember(cache_key, (site_mask[rows].reshape(1, per * tokens, 1).to(self.dtype),))
+        return hit[0]
 
 
 class ImagePrompt:
-    """One applied adapter: its K/V per site, active window (in sigmas) and optional attention mask."""
+    """One applied adapter: its K/V per site, active window (in sigmas) and optional attention mask.
+
+    Everything mutable belongs to the object: its device copies (one per device and dtype, see placement.py)
+    and the cache of the current step's window test. Two prompts share nothing."""
 
     def __init__(self, site_kv: Mapping[SiteKey, SiteKV], sigma_start: float, sigma_end: float,
                  mask: torch.Tensor | None = None, label: str = ""):
@@ -178,13 +274,21 @@ class ImagePrompt:
         self.sigma_start, self.sigma_end = float(sigma_start), float(sigma_end)
         self.mask = None if mask is None else mask.detach().float().cpu()
         self.label = label
-        self._lock = threading.Lock()
-        self._placed: tuple | None = None  # ((device, dtype), {key: SiteKV})
-        self._batched: dict = {}
+        # The factory holds the tensors, not the prompt: no reference cycle, so a dropped prompt frees its GPU
+        # copies at once rather than at the next garbage collection.
+        self.copies = DeviceCopies(functools.partial(PlacedPrompt, self.site_kv, self.mask))
         self._window: tuple | None = None  # (sigmas tensor, active?)
 
     def __deepcopy__(self, memo):
         return self
+
+    def place(self, device, dtype) -> PlacedPrompt:
+        """Copies of K/V for sampling on `device` in `dtype` (made once; kept until that device is released)."""
+        return self.copies.ensure(device, dtype)
+
+    def release(self, device) -> None:
+        """Drop the copies on `device` (its model was offloaded or moved elsewhere)."""
+        self.copies.release(device)
 
     def is_active(self, extra: Mapping) -> bool:
         sigmas = extra.get("sigmas")
@@ -198,98 +302,73 @@ class ImagePrompt:
         self._window = (sigmas, active)
         return active
 
-    def kv_on(self, key: SiteKey, device, dtype) -> SiteKV:
-        placed = self._placed
-        if placed is None or placed[0] != (device, dtype):
-            with self._lock:
-                placed = self._placed
-                if placed is None or placed[0] != (device, dtype):
-                    placed = ((device, dtype), {k: kv.to(device, dtype) for k, kv in self.site_kv.items()})
-                    self._placed = placed
-                    self._batched = {}
-        return placed[1][key]
-
-    @property
-    def placed_device(self) -> torch.device | None:
-        """Where the K/V copies used in sampling live now, or None before the first use."""
-        placed = self._placed
-        return None if placed is None else placed[0][0]
-
-    def release(self) -> None:
-        """Drop device copies (the model went back to its offload device)."""
-        with self._lock:
-            self._placed, self._batched = None, {}
-
-    def batched(self, key: SiteKey, q: torch.Tensor, extra: Mapping):
-        """K, V and mask laid out along q's batch: rows follow `cond_or_uncond` (0 = cond, 1 = uncond)."""
-        chunks = tuple(extra.get("cond_or_uncond") or (0,))
-        batch, tokens = q.shape[0], q.shape[1]
-        cache_key = (key, chunks, batch, tokens, q.device, q.dtype)
-        hit = self._batched.get(cache_key)
-        if hit is not None:
-            return hit
-        kv = self.kv_on(key, q.device, q.dtype)
-        if batch % len(chunks):
-            raise InputError(f"a batch of {batch} rows cannot be split into the {len(chunks)} cond/uncond chunks.")
-        per = batch // len(chunks)
-        ks = [(kv.k_uncond if c == 1 else kv.k_cond).expand(per, -1, -1) for c in chunks]
-        vs = [(kv.v_uncond if c == 1 else kv.v_cond).expand(per, -1, -1) for c in chunks]
-        k, v = torch.cat(ks).contiguous(), torch.cat(vs).contiguous()
-        mask = None
-        if self.mask is not None:
-            h, w = token_grid(tokens, extra.get("activations_shape"), extra.get("original_shape"))
-            site_mask = resize_mask(self.mask, h, w, tokens).to(q.device, q.dtype)
-            rows = torch.arange(per).clamp(max=site_mask.shape[0] - 1)  # latent i uses mask i (last repeats)
-            mask = site_mask[rows].repeat(len(chunks), 1, 1)
-        hit = (k, v, mask)
-        if len(self._batched) > 256:
-            self._batched = {}
-        self._batched[cache_key] = hit
-        return hit
-
-    def keys_values(self, key: SiteKey, q: torch.Tensor, extra: Mapping) -> ImageKV | None:
-        """What this adapter attends to at `key` for these queries, or None where it does not act now."""
+    def keys_values(self, key: SiteKey, q: torch.Tensor, extra: Mapping, pause=no_pause) -> ImageKV | None:
+        """What this adapter attends to at `key` for these queries (see ImageKV), or None where it does not act
+        now. Rows follow `cond_or_uncond` (0 = cond, 1 = uncond; all cond when absent)."""
         if key not in self.site_kv or not self.is_active(extra):
             return None
-        return self.batched(key, q, extra)
+        placed = self.copies.get(q.device, q.dtype)
+        if placed is None:  # the host did not move the patches before sampling (or computes in another dtype)
+            with pause():
+                placed = self.place(q.device, q.dtype)
+        return placed.layout(key, tuple(extra.get("cond_or_uncond") or (0,)), q.shape[0], q.shape[1], extra, pause)
 
 
-class DecoupledCrossAttention:
+def _extra_options(extra, kwargs: Mapping) -> Mapping:
+    if extra is None:  # passed by name, or not at all
+        extra = kwargs.get("extra_options", kwargs.get("transformer_options"))
+    return extra if extra is not None else {}
+
+
+class DecoupledCrossAttention(MovesWithModel):
     """The attn2 replace for one site: text attention (or a replace another pack installed first) plus the
-    contribution of every ImagePrompt applied to this model, in the order applied."""
+    contribution of every ImagePrompt applied to this model, in the order applied.
+
+    Tolerant by design (see host/patch.py): extra arguments are ignored, and missing `extra_options` keys fall
+    back: `n_heads` to the site's head count recorded at install, `cond_or_uncond` to all cond, `sigmas` to
+    active, the shapes to the grid guess of `token_grid`."""
 
     def __init__(self, key: SiteKey, prompts: Sequence[ImagePrompt], attention: Attention,
-                 base: Callable | None = None):
+                 base: Callable | None = None, heads: int | None = None, cast_dtype: torch.dtype | None = None,
+                 allocation_pause: AllocationPause = no_pause):
         self.key = key
         self.prompts = tuple(prompts)
         self.attention = attention
         self.base = base
-
-    def __deepcopy__(self, memo):
-        return self
+        self.heads = heads
+        self.cast_dtype = cast_dtype
+        self.allocation_pause = allocation_pause
 
     def stacked(self, prompt: ImagePrompt) -> "DecoupledCrossAttention":
-        return DecoupledCrossAttention(self.key, self.prompts + (prompt,), self.attention, self.base)
+        twin = copy.copy(self)
+        twin.prompts = self.prompts + (prompt,)
+        return twin
 
-    def to(self, device_or_dtype):
-        # ComfyUI calls this when the model is loaded (device, then dtype) and offloaded; device copies of
-        # K/V are made lazily on first use in a run, so only an offload needs handling here.
-        if isinstance(device_or_dtype, (str, torch.device)) and torch.device(device_or_dtype).type == "cpu":
-            for p in self.prompts:
-                if p.placed_device is not None and p.placed_device.type != "cpu":
-                    p.release()
-        return self
+    def holders(self):
+        return self.prompts
 
-    def __call__(self, q, k, v, extra):
+    def heads_for(self, extra: Mapping) -> int:
+        heads = extra.get("n_heads") or self.heads
+        if not heads:
+            raise InputError(f"the cross-attention at {self.key} got no head count from ComfyUI and none was "
+                             "recorded when Likeness was applied. Re-apply the adapter to this MODEL.")
+        return int(heads)
+
+    def __call__(self, q, k, v, extra=None, *args, **kwargs):
+        extra = _extra_options(extra, kwargs)
+        heads = self.heads_for(extra)
+        if "n_heads" not in extra:  # a base replace from another pack may read it
+            extra = {**extra, "n_heads": heads}
         if self.base is not None:
             out = self.base(q, k, v, extra)
         else:
-            out = self.attention(q, k, v, extra["n_heads"], attn_precision=extra.get("attn_precision"),
+            out = self.attention(q, k, v, heads, attn_precision=extra.get("attn_precision"),
                                  transformer_options=extra)
-        parts = [kv for kv in (p.keys_values(self.key, q, extra) for p in self.prompts) if kv is not None]
+        parts = [kv for kv in (p.keys_values(self.key, q, extra, self.allocation_pause) for p in self.prompts)
+                 if kv is not None]
         if not parts:
             return out
-        image = image_attention_sum(q, parts, extra["n_heads"])
+        image = image_attention_sum(q, parts, heads)
         if self.base is None and not torch.is_grad_enabled():  # the text attention's output is ours to add to
             return out.add_(image)
         return out + image

@@ -48,28 +48,30 @@ ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 7
 
 # ---------------------------------------------------------------- ComfyUI IMAGE -> detector input
 
-def to_bgr_uint8(image: torch.Tensor, index: int = 0) -> np.ndarray:
+def to_bgr_uint8(image: torch.Tensor, index: int = 0, what: str = "reference image") -> np.ndarray:
     """One ComfyUI image [H, W, C] (float RGB in 0-1) -> contiguous uint8 BGR [H, W, 3], what insightface reads.
 
     Rounding (not truncation) gives back the exact bytes of an 8-bit image that ComfyUI loaded. Gray is
     expanded to three channels and alpha dropped.
     """
     if image.ndim != 3:
-        raise InputError(f"reference image {index} should be [height, width, channels]; got shape "
+        raise InputError(f"{what} {index} should be [height, width, channels]; got shape "
                          f"{tuple(image.shape)}.")
     h, w, c = image.shape
     if c not in (1, 3, 4):
-        raise InputError(f"reference image {index} has {c} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA).")
+        raise InputError(f"{what} {index} has {c} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA).")
     if h < MIN_SIDE or w < MIN_SIDE:
-        raise InputError(f"reference image {index} is {w}x{h} pixels; face detection needs at least "
+        raise InputError(f"{what} {index} is {w}x{h} pixels; face detection needs at least "
                          f"{MIN_SIDE}x{MIN_SIDE} (and a face at least about 40 pixels across). Use a larger image.")
-    x = image.detach().float().cpu()
-    x = torch.nan_to_num(x, nan=0.0).clamp(0.0, 1.0)
-    if c == 1:
-        x = x.expand(h, w, 3)
-    x = x[..., :3]
-    rgb = torch.round(x * 255.0).to(torch.uint8).numpy()
-    return np.ascontiguousarray(rgb[..., ::-1])
+    x = image.detach().cpu().float().numpy()
+    bgr = x[..., [0, 0, 0]] if c == 1 else x[..., 2::-1]
+    # One new buffer, changed in place: numpy's single-threaded passes beat torch's on a busy CPU (4-8x on two
+    # cores), and scoring a batch converts every image. Same float32 product and round-half-to-even as before.
+    y = np.multiply(bgr, np.float32(255.0), dtype=np.float32, order="C")
+    np.nan_to_num(y, copy=False, nan=0.0)
+    np.clip(y, 0.0, 255.0, out=y)
+    np.rint(y, out=y)
+    return y.astype(np.uint8)
 
 
 def crops_to_image(crops: Sequence[np.ndarray]) -> torch.Tensor:

@@ -25,6 +25,7 @@ class Site:
     width: int  # inner width of the attention (heads * head width)
     context_width: int
     layer_id: int  # h94 checkpoint numbering (2n + 1, diffusers processor order)
+    heads: int = 0  # attention heads (0 when unknown); the fallback when ComfyUI passes no `n_heads`
 
     @property
     def key(self) -> tuple[str, int, int]:

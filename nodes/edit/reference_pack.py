@@ -82,7 +82,9 @@ class LikenessReferencePack(LikenessNode):
                                        "the mean of the others' is below this (0.2-0.4 for face identities)."),
             ],
             outputs=[io.Image.Output(display_name="references", is_output_list=True),
-                     io.String.Output(display_name="report")],
+                     io.String.Output(display_name="report",
+                                      tooltip="Which photos were kept or dropped and why, each reference's crop and "
+                                              "size, and the target's size rule with its source.")],
         )
 
     @classmethod

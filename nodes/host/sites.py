@@ -29,8 +29,8 @@ def find_sites(model) -> list[Site]:
                     if attn2 is None:
                         continue
                     found[name].append((block_id, index, transformer, attn2.to_q.out_features,
-                                        attn2.to_k.in_features))
+                                        attn2.to_k.in_features, int(getattr(attn2, "heads", 0) or 0)))
                 transformer += 1
     ordered = [(name, row) for name in ("input", "output", "middle") for row in found[name]]
-    return [Site(name, block_id, index, t, transformer, width, context, 2 * n + 1)
-            for n, (name, (block_id, index, t, width, context)) in enumerate(ordered)]
+    return [Site(name, block_id, index, t, transformer, width, context, 2 * n + 1, heads)
+            for n, (name, (block_id, index, t, width, context, heads)) in enumerate(ordered)]

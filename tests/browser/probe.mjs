@@ -75,6 +75,7 @@ try {
       const nodes = app.graph.nodes.map((n) => {
         const chart = n.widgets?.find((w) => w.name === "likeness_weight_chart")?.element;
         const info = n.widgets?.find((w) => w.name === "likeness_adapter_info")?.element;
+        const report = n.widgets?.find((w) => w.name === "likeness_report")?.element;
         return {
           id: n.id, type: n.type, hasErrors: !!n.has_errors,
           registered: !!window.LiteGraph.registered_node_types[n.type],
@@ -82,6 +83,8 @@ try {
             text: chart.textContent, shown: !!chart.isConnected && chart.getClientRects().length > 0 } : null,
           info: info ? { family: info.dataset.family ?? null, text: info.textContent,
             shown: !!info.isConnected && info.getClientRects().length > 0 } : null,
+          report: report ? { text: report.textContent,
+            shown: !!report.isConnected && report.getClientRects().length > 0 } : null,
         };
       });
       // The chart follows the widgets (checked on the RUN workflow): change weight_type and weight, then put them back.
@@ -98,9 +101,19 @@ try {
         [w("weight_type").value, w("weight").value] = before;
         await new Promise((r) => setTimeout(r, 1000));
       }
+      // The identity checks sit at the end of their graphs, off screen: bring one into view to see its report.
+      let reportShown = null;
+      const checkNode = app.graph.nodes.find((n) => n.widgets?.some((w) => w.name === "likeness_report"));
+      if (checkNode) {
+        app.canvas.centerOnNode(checkNode);
+        app.canvas.setDirty(true, true);
+        await new Promise((r) => setTimeout(r, 800));
+        const panel = checkNode.widgets.find((w) => w.name === "likeness_report").element;
+        reportShown = !!panel.isConnected && panel.getClientRects().length > 0;
+      }
       const dialogs = [...document.querySelectorAll("[role=dialog]")].map((d) => d.innerText.slice(0, 300));
       const prompt = (await app.graphToPrompt()).output;
-      return { nodes, dialogs, prompt, saved: app.graph.serialize(), follows };
+      return { nodes, dialogs, prompt, saved: app.graph.serialize(), follows, reportShown };
     }, { module: MODULE, name, vue: VUE, check: name === RUN });
     result.errors = errors.splice(0);
     report.workflows[name] = result;
@@ -139,6 +152,18 @@ try {
       const history = await (await fetch(`/api/history/${queued.prompt_id}`)).json();
       result.outputs = history[queued.prompt_id]?.outputs ?? null;
       await new Promise((r) => setTimeout(r, 800));
+      // The text each node sent (V3 ui.PreviewText) as its panel shows it, each node brought into view in turn.
+      result.panels = [];
+      for (const node of app.graph.nodes) {
+        const panel = node.widgets?.find((w) => w.name === "likeness_report")?.element;
+        if (!panel) continue;
+        app.canvas.ds.scale = 1; // the Vue renderer hides DOM widgets at 80% zoom and below
+        app.canvas.centerOnNode(node);
+        app.canvas.setDirty(true, true);
+        await new Promise((r) => setTimeout(r, 600));
+        result.panels.push({ id: String(node.id), type: node.type, text: panel.textContent,
+          shown: !!panel.isConnected && panel.getClientRects().length > 0 });
+      }
       return result;
     }, { module: MODULE, name: RUN, swaps: SWAPS });
     report.run.errors = errors.splice(0);

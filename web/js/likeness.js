@@ -2,8 +2,11 @@
 //  * Likeness Apply: a small chart of the weight each cross-attention site gets for the chosen weight_type and
 //    weight, from the backend (GET /likeness/weights runs the pack's own formulas), updated as they change.
 //  * Likeness Adapter Loader: the detected variant and the encoder it needs (GET /likeness/adapter_info reads the
-//    file's header), before a run; after a run, the loader's own summary.
-// Both are DOM widgets (addDOMWidget), shown by the classic canvas and by the Vue node renderer ("Nodes 2.0") of
+//    file's header), before a run; after a run, the loader's own summary (its hover text, and the text panel below).
+//  * Every Likeness node that sends text after a run (a V3 `ui.PreviewText`: summaries of what a loader found,
+//    what an encode or merge did, the checks' reports) shows it in a scrollable panel. Nodes with a `report`
+//    output (Identity Score, Subject Score, Reference Pack, Model Doctor) show the panel from the start.
+// All are DOM widgets (addDOMWidget), shown by the classic canvas and by the Vue node renderer ("Nodes 2.0") of
 // frontends that render DOM widgets there (after 1.27: Comfy-Org/ComfyUI_frontend#6006). The Vue renderer of 1.27
 // shows no DOM widgets, its text widgets never show a value set after a node appears, and its chart widget fails to
 // import chart.js, so with that renderer on 1.27 the panels stay hidden; nothing breaks.
@@ -58,19 +61,21 @@ function panel(label) {
   return root;
 }
 
-function addPanel(node, name, label, height) {
+// A fixed height, or (a function) a minimum height with the node's spare room above it (maxHeight null).
+function addPanel(node, name, label, height, maxHeight = height) {
   const existing = node.widgets?.find((w) => w.name === name);
   if (existing) return existing.element;
   const root = panel(label);
   if (typeof node.addDOMWidget !== "function") return root;
+  const minHeight = typeof height === "function" ? height : () => height;
   const widget = node.addDOMWidget(name, "likeness_panel", root, {
     serialize: false,
     hideOnZoom: false,
-    getMinHeight: () => height,
-    getMaxHeight: () => height,
+    getMinHeight: minHeight,
+    getMaxHeight: () => maxHeight ?? undefined,
   });
   widget.serialize = false; // not a saved value, not a prompt input
-  widget.computeSize = (width) => [width, height];
+  if (typeof height !== "function") widget.computeSize = (width) => [width, height];
   return root;
 }
 
@@ -204,11 +209,92 @@ function watch(node, refresh) {
 
 const SETUP = { LikenessApply: setupApply, LikenessAdapterLoader: setupLoader };
 
+// Text a node sends after it runs (V3 `ui.PreviewText`: the `text` of its "executed" message). The frontend shows
+// such text only where an extension displays it, so every Likeness node that sends text shows it here: one scrollable
+// panel, made when the first text arrives. Nodes whose job is a report (a `report` output: the checks, the reference
+// pack, the doctor) have the panel from the start, at a fixed height, saying what will appear there.
+const REPORT = "likeness_report";
+const REPORT_HEIGHT = 150;
+const TEXT_LINE_PX = 15, TEXT_MIN_LINES = 2, TEXT_MAX_LINES = 8, TEXT_CHAR_PX = 6.2, TEXT_PAD_PX = 18;
+const TEXT_CLASS = "likeness-text";
+// The Vue node renderer sizes a DOM widget by its content (a long report would make the node as tall as the text):
+// there the panels keep the heights the canvas gives them, and scroll.
+const VUE_TEXT_CSS = `.lg-node .${TEXT_CLASS}{min-height:var(--likeness-text-min);max-height:var(--likeness-text-max)}`;
+
+function reportWaiting(nodeData) {
+  const slot = (nodeData?.output_name ?? []).indexOf("report");
+  if (slot < 0) return null;
+  const what = nodeData.output_tooltips?.[slot];
+  return "The report appears here after a run." + (what ? ` ${what}` : "");
+}
+
+// Room for the text as the node's width wraps it, between 2 and 8 lines; longer text scrolls (or enlarge the node).
+function textHeight(node, text) {
+  const perLine = Math.max(20, Math.floor(((node.size?.[0] ?? 300) - 24) / TEXT_CHAR_PX));
+  const lines = String(text).split("\n").reduce((n, line) => n + Math.max(1, Math.ceil(line.length / perLine)), 0);
+  return Math.min(TEXT_MAX_LINES, Math.max(TEXT_MIN_LINES, lines)) * TEXT_LINE_PX + TEXT_PAD_PX; // padding, margin
+}
+
+function textPanel(node, waiting) {
+  const existing = node.widgets?.find((w) => w.name === REPORT)?.element;
+  if (existing) return existing;
+  let root = null;
+  root = waiting === null
+    ? addPanel(node, REPORT, "Likeness node output", () => textHeight(node, root?.textContent ?? ""), null)
+    : addPanel(node, REPORT, "Likeness report", REPORT_HEIGHT);
+  root.classList.add(TEXT_CLASS);
+  root.style.setProperty("--likeness-text-min", `${waiting === null ? 0 : REPORT_HEIGHT}px`);
+  root.style.setProperty("--likeness-text-max",
+    `${waiting === null ? TEXT_MAX_LINES * TEXT_LINE_PX + TEXT_PAD_PX : REPORT_HEIGHT}px`);
+  root.setAttribute("role", "log");
+  root.tabIndex = 0;
+  root.style.overflow = "auto";
+  root.style.whiteSpace = "pre-wrap";
+  root.style.userSelect = "text";
+  root.textContent = waiting ?? "";
+  return root;
+}
+
+// The canvas does not resize a node for a widget added after it was made: grow it (never shrink, never widen, so
+// that it keeps clear of its neighbours as far as the text allows).
+function fitHeight(node) {
+  const min = node.computeSize?.();
+  if (min && node.size && min[1] > node.size[1]) node.setSize?.([node.size[0], min[1]]);
+  node.setDirtyCanvas?.(true, true);
+}
+
+function patchText(nodeType, nodeData) {
+  const waiting = reportWaiting(nodeData);
+  if (waiting !== null) {
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const result = onNodeCreated?.apply(this, arguments);
+      textPanel(this, waiting);
+      return result;
+    };
+  }
+  const onExecuted = nodeType.prototype.onExecuted;
+  nodeType.prototype.onExecuted = function (message) {
+    const result = onExecuted?.apply(this, arguments);
+    const text = [].concat(message?.text ?? []).join("\n");
+    if (text) {
+      textPanel(this, waiting).textContent = text;
+      fitHeight(this);
+    }
+    return result;
+  };
+}
+
 if (!globalThis[REGISTERED]) {
   globalThis[REGISTERED] = true;
+  document.head.append(el("style", { id: "likeness-text-style" }, VUE_TEXT_CSS));
   app.registerExtension({
     name: EXTENSION,
     async beforeRegisterNodeDef(nodeType, nodeData) {
+      if (String(nodeData?.name).startsWith("Likeness") && !nodeType.prototype.__likenessText) {
+        nodeType.prototype.__likenessText = true;
+        patchText(nodeType, nodeData);
+      }
       const setup = SETUP[nodeData?.name];
       if (!setup || nodeType.prototype.__likenessPatched) return;
       nodeType.prototype.__likenessPatched = true;
