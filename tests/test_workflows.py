@@ -498,6 +498,7 @@ def check_run(prompt: dict, score: str):
 @pytest.mark.parametrize("name, photos", [
     ("likeness_identity_check_faceid", ["likeness_face_1.png", "likeness_face_2.png"]),
     ("likeness_subject_check_product", ["likeness_product_1.png", "likeness_product_3.png"]),
+    ("likeness_instantid_identity_check", ["likeness_face_1.png", "likeness_face_3.png"]),
     # The edit-model examples score against the candidates' faces; the merge would drop other people, and the test
     # recogniser sees all 8 candidates as one person.
     ("likeness_kontext_reference_pack", ["likeness_candidates/candidate_2.png", "likeness_candidates/candidate_5.png"]),
