@@ -16,7 +16,7 @@ from .core.instantid import DEFAULT_NOISE, VARIANT, is_instantid, keypoint_image
 from .core.schedules import window_problem
 from .core.variants import variant_by_key
 from .host import face as host_face
-from .host.instantid import IDENTITYNET_FILE, apply_identity_control, pose_keypoints
+from .host.instantid import IDENTITYNET_FILE, apply_identity_control, pose_keypoints, require_controlnet
 from .host.sites import find_sites
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,7 @@ class LikenessInstantID(LikenessNode):
     def execute(cls, model, positive, negative, adapter, control_net, face_model, image, weight, cn_strength,
                 start_at, end_at, noise, pose_image=None) -> io.NodeOutput:
         require_instantid(adapter)
+        require_controlnet(control_net)
         check_adapter_fits(adapter, find_sites(model))  # before the faces: an SD1.5 model stops here
         refs, _, summary = host_face.embed_faces(face_model, image)
         tokens = project_identity(adapter, refs, device=comfy.model_management.get_torch_device(), noise=noise)

@@ -547,6 +547,16 @@ def test_one_node_errors(iid_adapter, antelope, identitynet, tmp_path):
     with pytest.raises(errors.IncompatibleError, match="not InstantID"):
         run(builders.build_unet("sdxl"), positive, negative, plus, identitynet, antelope, photo, 0.8, 0.8, 0.0, 1.0,
             0.35)
+    # the unified loader's control_net output when no IdentityNet file was found: where to put it, before any work
+    with pytest.raises(pack("nodes.core.presets").MissingModelError) as e:
+        run(builders.build_unet("sdxl"), positive, negative, iid_adapter, None, antelope, photo, 0.8, 0.8, 0.0, 1.0,
+            0.35)
+    text = str(e.value)
+    assert "diffusion_pytorch_model.safetensors" in text and "InstantX/InstantID" in text, text
+    assert "models/controlnet" in text and all(f in text for f in folder_paths.get_folder_paths("controlnet")), text
+    with pytest.raises(pack("nodes.core.presets").MissingModelError, match="models/controlnet"):
+        instantid_nodes.LikenessInstantIDControl.execute(positive, negative, None, references.project_references(
+            iid_adapter, face_refs(seed=4)), torch.rand(1, 64, 64, 3), 0.8, 0.0, 1.0)
 
 
 def test_identity_tokens_and_keys_are_shared_across_clones(iid_adapter):

@@ -28,15 +28,17 @@ import comfy.utils
 from ..core.errors import IncompatibleError, InputError
 from ..core.face import NoFaceError, choose_face, to_bgr_uint8
 from ..core.instantid import VARIANT, control_context, is_instantid_tokens
+from ..core.presets import MissingModelError
 from ..core.references import ImageTokens
 from ..core.variants import family_name, variant_by_key
+from .catalog import searched
 
 log = logging.getLogger(__name__)
 
 _ROW = variant_by_key(VARIANT)
 IDENTITYNET_FILE = _ROW.controlnet_file
-IDENTITYNET_HINT = (f"Load InstantID's IdentityNet ControlNet with Load ControlNet Model: {IDENTITYNET_FILE} from "
-                    f"{_ROW.controlnet_source}, in models/controlnet")
+IDENTITYNET_HINT = (f"Load InstantID's IdentityNet ControlNet with Load ControlNet Model: {IDENTITYNET_FILE} "
+                    f"from {_ROW.controlnet_source}, in models/controlnet")
 
 
 def controlnet_context_width(control_model: torch.nn.Module) -> int | None:
@@ -48,8 +50,19 @@ def controlnet_context_width(control_model: torch.nn.Module) -> int | None:
     return None
 
 
+def require_controlnet(control_net) -> None:
+    """None is Likeness Unified Loader's control_net output when no IdentityNet file was found: say where it goes."""
+    if control_net is None:
+        folders = "; ".join(searched("controlnet")) or "no folders"
+        raise MissingModelError(
+            f"no IdentityNet ControlNet was given (Likeness Unified Loader found none). Put {IDENTITYNET_FILE} from "
+            f"{_ROW.controlnet_source} in models/controlnet (searched: {folders}); a name containing `instantid` "
+            "tells it apart from other ControlNets. Or load it with Load ControlNet Model.")
+
+
 def check_controlnet(control_net, tokens: ImageTokens) -> None:
     """Refuse a ControlNet that cannot be IdentityNet for these tokens, saying what it is and what to load."""
+    require_controlnet(control_net)
     inner = getattr(control_net, "control_model", None)
     if not isinstance(control_net, comfy.controlnet.ControlNet) or not isinstance(inner, comfy.cldm.cldm.ControlNet):
         kind = type(control_net).__name__
