@@ -8,11 +8,13 @@ from .host.api import LikenessNode, io
 from . import types
 from .core.apply import build_image_prompt
 from .core.attention import EMBEDS_SCALING
+from .core.pulid import PULID_METHODS
 from .core.references import project_references
 from .core.schedules import WEIGHT_TYPES, window_problem
 from .host.encode import encode_references
 from .host.lora import apply_faceid_lora
 from .host.patch import install, sigma_window
+from .host.pulid_patch import apply_pulid
 from .host.sites import find_sites
 
 
@@ -33,7 +35,10 @@ def _window_inputs():
 
 
 def apply_tokens(model, adapter, tokens, weight, weight_type="linear", start_at=0.0, end_at=1.0,
-                 embeds_scaling="V only", attn_mask=None, faceid_lora_strength=1.0):
+                 embeds_scaling="V only", attn_mask=None, faceid_lora_strength=1.0, pulid_method="fidelity"):
+    if adapter.detected.pulid:
+        return apply_pulid(model, adapter, tokens, weight, weight_type, start_at, end_at, embeds_scaling, attn_mask,
+                           pulid_method)
     sites = find_sites(model)
     sigma_start, sigma_end = sigma_window(model, start_at, end_at)
     prompt = build_image_prompt(adapter, tokens, sites, weight, weight_type, embeds_scaling, sigma_start, sigma_end,
@@ -73,6 +78,12 @@ class LikenessApply(LikenessNode):
                                        "in models/loras). 1.0 is how it was trained; lower it (e.g. 0.6) to give "
                                        "the text prompt more say. 0 skips it, e.g. when you load the LoRA yourself. "
                                        "It acts on the whole run, unlike the mask and start/end."),
+                io.Combo.Input("pulid_method", options=list(PULID_METHODS), default="fidelity", optional=True,
+                               tooltip="PuLID for SDXL only: how the identity joins the text at each layer. fidelity "
+                                       "(the reference default) removes the part that repeats the text, less where "
+                                       "the identity draws attention; style removes all of it, for stronger "
+                                       "stylisation; neutral adds the identity as is. Each also appends the zero "
+                                       "tokens the reference uses with it. PuLID-FLUX has one way and ignores it."),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )
@@ -83,9 +94,9 @@ class LikenessApply(LikenessNode):
 
     @classmethod
     def execute(cls, model, adapter, tokens, weight, weight_type, start_at, end_at, embeds_scaling,
-                attn_mask=None, faceid_lora_strength=1.0) -> io.NodeOutput:
+                attn_mask=None, faceid_lora_strength=1.0, pulid_method="fidelity") -> io.NodeOutput:
         return io.NodeOutput(apply_tokens(model, adapter, tokens, weight, weight_type, start_at, end_at,
-                                          embeds_scaling, attn_mask, faceid_lora_strength))
+                                          embeds_scaling, attn_mask, faceid_lora_strength, pulid_method))
 
 
 class LikenessApplySimple(LikenessNode):

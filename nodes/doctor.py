@@ -3,7 +3,7 @@ FaceID LoRA and face model pack found, what each is, and which presets work for 
 
     python -m nodes.doctor --comfyui /path/to/ComfyUI [--extra-model-paths-config FILE]
 
-run from the pack folder.
+run from the pack folder. Every file listed is read (headers, ONNX graphs), and broken ones are marked broken.
 """
 
 from __future__ import annotations
@@ -21,24 +21,31 @@ def report(prompt: dict | None = None) -> str:
     from .host import catalog
 
     adapters, encoders, loras = catalog.adapters(), catalog.encoders(), catalog.faceid_loras()
-    packs = catalog.face_packs()
-    lines = ["Likeness model doctor", "", "Adapters (models/ipadapter, models/instantid):"]
+    packs = catalog.face_pack_entries()
+    usable_packs = [e.name for e in packs if e.usable]
+    lines = ["Likeness model doctor", "", "Adapters (models/ipadapter, models/instantid, models/pulid):"]
     lines += [f"  {e.name}: {e.describe()}" for e in adapters] or ["  (none)"]
     lines += ["", "Image encoders (models/clip_vision):"]
     lines += [f"  {e.name}: {e.describe()}" for e in encoders] or ["  (none)"]
-    lines += ["", "FaceID LoRAs (models/loras):"] + ([f"  {e.name}" for e in loras] or ["  (none)"])
-    lines += ["", "Face model packs (models/insightface/models):"] + ([f"  {p}" for p in packs] or ["  (none)"])
+    lines += ["", "FaceID LoRAs (models/loras):"] + ([f"  {e.name}: {e.describe()}" for e in loras] or ["  (none)"])
+    lines += ["", "Face model packs (models/insightface/models):"]
+    lines += [f"  {e.name}: {e.describe()}" for e in packs] or ["  (none)"]
+    broken = [e.name for group in (adapters, encoders, loras, packs) for e in group if e.problem]
+    if broken:
+        lines += ["", f"Broken or unreadable ({len(broken)}), not counted below: {', '.join(broken)}"]
     identitynets = catalog.identitynets()
-    lines += ["", *instantid_lines(adapters, identitynets, packs)]
+    lines += ["", *instantid_lines(adapters, identitynets, usable_packs)]
     rows = availability([(e.name, e.found) for e in adapters if isinstance(e.found, Detected)],
-                        [e.found for e in encoders if isinstance(e.found, Encoder)], [e.name for e in loras], packs,
-                        [e.name for e in identitynets])
+                        [e.found for e in encoders if isinstance(e.found, Encoder)],
+                        [e.name for e in loras if e.usable], usable_packs, [e.name for e in identitynets])
     for family in ("SD1.5", "SDXL"):
         lines += ["", f"Presets for {family}:"]
         lines += [f"  {'OK ' if r.usable else '-- '} {r.preset:<24} {r.detail}" for r in rows if r.family == family]
+    lines += ["", "PuLID:"] + pulid_lines(adapters, encoders, catalog.face_parsing_files(), usable_packs)
     lines += [""] + edit_models_section(prompt)
     lines += ["", "Folders searched:"]
-    for folder in ("ipadapter", "instantid", "clip_vision", "loras", "insightface", "controlnet"):
+    for folder in ("ipadapter", "instantid", "pulid", "clip_vision", "loras", "insightface", "controlnet",
+                   "facexlib"):
         lines.append(f"  {folder}: {'; '.join(catalog.searched(folder)) or '(not registered)'}")
     return "\n".join(lines)
 
@@ -69,12 +76,51 @@ def instantid_lines(adapters, identitynets, packs) -> list[str]:
     return lines
 
 
+def pulid_lines(adapters, encoders, parsing_files, packs) -> list[str]:
+    """What PuLID needs, what was found and what to download (the same files the nodes' errors name)."""
+    from .core.eva_clip import EvaConfig
+    from .core.variants import FLUX, Detected
+    from .host.id_encoder import EVA_FILE, EVA_URL, PARSING_FILE, PARSING_URL
+
+    files = [e for e in adapters if isinstance(e.found, Detected) and e.found.pulid]
+    sdxl = [e.name for e in files if e.found.family != FLUX]
+    flux = [e.name for e in files if e.found.family == FLUX]
+    eva = [e.name for e in encoders if isinstance(e.found, EvaConfig)]
+    none = "none (%s from guozinan/PuLID on Hugging Face -> models/pulid)"
+    lines = [f"  PuLID for SDXL: {', '.join(sdxl) or none % 'pulid_v1.1.safetensors'}",
+             f"  PuLID-FLUX: {', '.join(flux) or none % 'pulid_flux_v0.9.1.safetensors'}"]
+    lines.append(f"  EVA-CLIP: {', '.join(eva)}" if eva else f"  EVA-CLIP: missing: {EVA_FILE} ({EVA_URL}) -> "
+                                                             "models/clip_vision")
+    lines.append(f"  face parsing: {', '.join(parsing_files)}" if parsing_files else
+                 f"  face parsing: missing: {PARSING_FILE} ({PARSING_URL}) -> models/facexlib")
+    lines.append("  face model: antelopev2" if "antelopev2" in packs else
+                 "  face model: missing: antelopev2 face model pack -> models/insightface/models/antelopev2/*.onnx")
+    missing = not eva or not parsing_files or "antelopev2" not in packs or not files
+    lines.append("  OK  every file PuLID needs is there" if not missing else
+                 "  --  PuLID is not ready: download what is missing above")
+    return lines
+
+
+CONFIG_FILES = ("extra_paths.yaml", "extra_model_paths.yaml")
+
+
+def default_config(comfy_root: str) -> str | None:
+    """The model-paths config ComfyUI reads from its own folder: `extra_paths.yaml` when present, else
+    `extra_model_paths.yaml` (current ComfyUI ignores the latter when both exist)."""
+    for name in CONFIG_FILES:
+        path = os.path.join(comfy_root, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nodes.doctor", description=__doc__.split("\n\n")[0])
     parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH", os.path.expanduser("~/ComfyUI")),
                         help="the ComfyUI folder (default: $COMFYUI_PATH or ~/ComfyUI)")
     parser.add_argument("--extra-model-paths-config", action="append", default=[],
-                        help="extra_model_paths.yaml files to read besides the one in the ComfyUI folder")
+                        help="model-paths config files to read besides the one in the ComfyUI folder (its "
+                             "extra_paths.yaml, else its extra_model_paths.yaml)")
     args = parser.parse_args(argv)
     comfy_root = os.path.abspath(args.comfyui)
     if not os.path.isfile(os.path.join(comfy_root, "folder_paths.py")):
@@ -87,8 +133,8 @@ def main(argv=None) -> int:
     import folder_paths
     from utils.extra_config import load_extra_path_config
 
-    for yaml_path in [os.path.join(comfy_root, "extra_model_paths.yaml"), *args.extra_model_paths_config]:
-        if os.path.isfile(yaml_path):
+    for yaml_path in [default_config(comfy_root), *args.extra_model_paths_config]:
+        if yaml_path and os.path.isfile(yaml_path):
             load_extra_path_config(yaml_path)
     from .host import folders
 

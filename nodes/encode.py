@@ -5,6 +5,7 @@ from __future__ import annotations
 from .host.api import LikenessNode, io
 
 from . import types
+from .core.references import MAX_REFERENCES
 from .host.encode import CROP_MODES, encode_references
 
 
@@ -21,7 +22,8 @@ class LikenessImageEncode(LikenessNode):
             inputs=[
                 io.ClipVision.Input("clip_vision", tooltip="From Load CLIP Vision. Must be the encoder your "
                                     "adapter needs (the adapter loader says which)."),
-                io.Image.Input("image", tooltip="One or more reference images; each image is one reference."),
+                io.Image.Input("image", tooltip="One or more reference images (at most 256); each image is one "
+                                                "reference."),
                 io.Combo.Input("crop", options=list(CROP_MODES), default="center",
                                tooltip="center: crop the middle square. pad: add borders in the encoder's mean "
                                        "colour to keep the whole image. squash: resize to a square."),
@@ -31,7 +33,7 @@ class LikenessImageEncode(LikenessNode):
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional: only the white area of each reference is seen; the rest is "
                                       "replaced by neutral grey."),
-                io.Int.Input("encode_batch_size", default=0, min=0, max=4096, optional=True,
+                io.Int.Input("encode_batch_size", default=0, min=0, max=MAX_REFERENCES, optional=True,
                              tooltip="How many images go through the encoder at once; 0 = all at once. Lower it "
                                      "when many references run out of memory. The progress bar and Cancel act "
                                      "between batches."),

@@ -19,6 +19,7 @@ from .instantid import LikenessFaceKeypoints, LikenessInstantID, LikenessInstant
 from .loaders import LikenessAdapterLoader  # noqa: E402
 from .merge import LikenessMergeReferences  # noqa: E402
 from .project import LikenessProject  # noqa: E402
+from .pulid import LikenessIDEncoderLoader, LikenessPuLID  # noqa: E402
 from .references_io import LikenessLoadReferences, LikenessSaveReferences  # noqa: E402
 from .unified import LikenessModelDoctor, LikenessUnifiedLoader  # noqa: E402
 
@@ -28,7 +29,7 @@ NODES = [
     LikenessSaveReferences, LikenessLoadReferences,
     LikenessReferencePack, LikenessReferenceLatents, LikenessQwenEditEncode,
     LikenessFaceKeypoints, LikenessInstantIDControl, LikenessInstantID,
-    LikenessIdentityScore, LikenessSubjectScore,
+    LikenessIdentityScore, LikenessSubjectScore, LikenessIDEncoderLoader, LikenessPuLID,
 ]
 
 

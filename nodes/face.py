@@ -57,12 +57,14 @@ class LikenessFaceEmbed(LikenessNode):
             display_name="Likeness Face Embed",
             category=types.CATEGORY,
             description="Finds a face in each photo, aligns it and computes its identity embedding: one reference "
-                        "per photo, for the FaceID adapters and InstantID (with antelopev2), and InstantID's keypoint "
-                        "image of each face. Connect clip_vision for FaceID Plus / Plus v2.",
+                        "per photo, for the FaceID adapters, InstantID and PuLID (both with antelopev2), and "
+                        "InstantID's keypoint image of each face. Connect clip_vision for FaceID Plus / Plus v2, "
+                        "id_encoder for PuLID.",
             inputs=[
                 FaceModel.Input("face_model", tooltip="From Likeness Face Model Loader."),
-                io.Image.Input("image", tooltip="One or more photos of the person; each photo gives one reference. "
-                                                "FaceID Portrait is made for several photos of the same person."),
+                io.Image.Input("image", tooltip="One or more photos of the person (at most 256); each photo gives one "
+                                                "reference. FaceID Portrait is made for several photos of the same "
+                                                "person."),
                 io.Combo.Input("select", options=list(SELECT_MODES), default="largest",
                                tooltip="Which face to take when a photo has several, counted from `index`: the "
                                        "largest first, from the left, from the right, from the top, or the most "
@@ -80,6 +82,11 @@ class LikenessFaceEmbed(LikenessNode):
                                     tooltip="Needed by FaceID Plus and Plus v2: the ViT-H image encoder "
                                             "(CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors). Not used by FaceID "
                                             "and Portrait."),
+                types.IDEncoder.Input("id_encoder", optional=True,
+                                      tooltip="Needed by PuLID: from Likeness ID Encoder Loader. Each face is also "
+                                              "aligned to 512 px, parsed, its background painted white and the "
+                                              "rest made grey, and encoded with EVA-CLIP, as PuLID does. Use the "
+                                              "antelopev2 face model with it."),
             ],
             outputs=[types.References.Output(display_name="references"),
                      io.Image.Output(display_name="crops"),
@@ -89,8 +96,9 @@ class LikenessFaceEmbed(LikenessNode):
         )
 
     @classmethod
-    def execute(cls, face_model, image, select, index, on_no_face, crop_size, clip_vision=None) -> io.NodeOutput:
+    def execute(cls, face_model, image, select, index, on_no_face, crop_size, clip_vision=None,
+                id_encoder=None) -> io.NodeOutput:
         refs, crops, summary = host_face.embed_faces(face_model, image, select, index, on_no_face, int(crop_size),
-                                                     clip_vision)
+                                                     clip_vision, id_encoder=id_encoder)
         keypoints = keypoint_images(refs.face.keypoints, refs.face.image_sizes)
         return io.NodeOutput(refs, crops, keypoints, ui=ui.PreviewText(summary))

@@ -9,6 +9,7 @@ from .host.api import LikenessNode, io, ui
 from . import types
 from .core.errors import LikenessError
 from .core.references_io import describe, load_references, save_references
+from .core.validation import name_problem
 from .host import folders, reference_files
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,10 @@ class LikenessSaveReferences(LikenessNode):
             outputs=[],
             is_output_node=True,
         )
+
+    @classmethod
+    def check_inputs(cls, filename_prefix=None, **_):
+        return None if filename_prefix is None else name_problem("filename_prefix", filename_prefix, "file name")
 
     @classmethod
     def execute(cls, references, filename_prefix="references") -> io.NodeOutput:

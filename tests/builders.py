@@ -228,6 +228,101 @@ OFFICIAL_FILES = [
 OFFICIAL_DTYPES = {"ip-adapter.bin": ("F32", "F32"), "ip-adapter-faceid-portrait_sdxl_unnorm.bin": ("F32", "F16")}
 
 
+# ---------------------------------------------------------------- PuLID checkpoints (ToTheBeginning/PuLID layouts)
+
+def pulid_mlp_shapes(prefix: str, widths: tuple) -> dict:
+    """nn.Sequential(Linear, LayerNorm, LeakyReLU, Linear, LayerNorm, LeakyReLU, Linear): weights at 0, 1, 3, 4, 6."""
+    out = {}
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        out.update({f"{prefix}{3 * i}.weight": (b, a), f"{prefix}{3 * i}.bias": (b,)})
+        if i < len(widths) - 2:
+            out.update({f"{prefix}{3 * i + 1}.weight": (b,), f"{prefix}{3 * i + 1}.bias": (b,)})
+    return out
+
+
+def pulid_encoder_shapes(c: int = 2048, vit: int = 1024, id_in: int = 1280, hidden: int = 1024,
+                         id_tokens: int = 5) -> dict:
+    """PuLID v1 `IDEncoder(width=1280, context_dim=2048, num_token=5)`; `hidden` is its fixed 1024."""
+    h1, h2 = min(c * id_tokens // 4, hidden), min(c * id_tokens // 2, hidden)
+    out = pulid_mlp_shapes("body.", (id_in, h1, h2, c * id_tokens))
+    for i in range(5):
+        out.update(pulid_mlp_shapes(f"mapping_{i}.", (vit, hidden, hidden, c)))
+        out.update(pulid_mlp_shapes(f"mapping_patch_{i}.", (vit, hidden, hidden, c)))
+    return out
+
+
+def pulid_former_shapes(dim: int = 1024, depth: int = 10, heads: int = 16, queries: int = 32, c: int = 2048,
+                        id_in: int = 1280, vit: int = 1024, hidden: int = 1024, id_tokens: int = 5) -> dict:
+    """PuLID v1.1 / PuLID-FLUX `IDFormer()` with its published defaults (64-wide heads, ff_mult 4)."""
+    out = {"latents": (1, queries, dim), "proj_out": (dim, c)}
+    out.update(perceiver_layer_shapes("", dim, heads, depth))
+    for i in range(5):
+        out.update(pulid_mlp_shapes(f"mapping_{i}.", (vit, hidden, hidden, dim)))
+    out.update(pulid_mlp_shapes("id_embedding_mapping.", (id_in, hidden, hidden, dim * id_tokens)))
+    return out
+
+
+def pulid_ca_shapes(count: int = 20, dim: int = 3072, kv: int = 2048, inner: int = 2048) -> dict:
+    """PuLID-FLUX `PerceiverAttentionCA(dim=3072, dim_head=128, heads=16, kv_dim=2048)` x count."""
+    out = {}
+    for i in range(count):
+        p = f"{i}."
+        out.update({p + "norm1.weight": (kv,), p + "norm1.bias": (kv,), p + "norm2.weight": (dim,),
+                    p + "norm2.bias": (dim,), p + "to_q.weight": (inner, dim), p + "to_kv.weight": (2 * inner, kv),
+                    p + "to_out.weight": (dim, inner)})
+    return out
+
+
+def pulid_sdxl_kv(widths: list[int], c: int, published: bool) -> dict:
+    """Attention weights as PuLID publishes them (`id_adapter_attn_layers.<n>.id_to_k`) or as the IP-Adapter-style
+    conversions name them (`ip_adapter.<n>.to_k_ip`)."""
+    if not published:
+        return {"ip_adapter." + k: v for k, v in kv_shapes(widths, c).items()}
+    out = {}
+    for n, w in enumerate(widths):
+        out[f"id_adapter_attn_layers.{2 * n + 1}.id_to_k.weight"] = (w, c)
+        out[f"id_adapter_attn_layers.{2 * n + 1}.id_to_v.weight"] = (w, c)
+    return out
+
+
+def pulid_official_shapes(name: str) -> dict:
+    """Key -> shape of each published PuLID file (flat naming, as in the file)."""
+    if name.startswith("pulid_flux"):
+        out = {"pulid_encoder." + k: v for k, v in pulid_former_shapes().items()}
+        out.update({"pulid_ca." + k: v for k, v in pulid_ca_shapes().items()})
+        return out
+    published = name.startswith("pulid_")
+    encoder = pulid_former_shapes() if "1.1" in name else pulid_encoder_shapes()
+    group = "id_adapter." if published else "image_proj."
+    out = {group + k: v for k, v in encoder.items()}
+    out.update(pulid_sdxl_kv(SDXL_WIDTHS, 2048, published))
+    return out
+
+
+PULID_FILES = ["ip-adapter_pulid_sdxl_fp16.safetensors", "pulid_v1.bin", "pulid_v1.1.safetensors",
+               "ip-adapter_pulidv1.1_sdxl_fp16.safetensors", "pulid_flux_v0.9.0.safetensors",
+               "pulid_flux_v0.9.1.safetensors"]
+
+
+def tiny_pulid_state(kind: str, seed: int = 0, widths: list[int] | None = None, context: int = TINY_CONTEXT,
+                     vit: int = 64, eva_embed: int = 32, flux_blocks: int = 4, flux_dim: int = 64) -> dict:
+    """A tiny PuLID file in the published layout: `v1` / `v1.1` for a tiny SDXL UNet whose sites have `widths`, or
+    `flux` with `flux_blocks` cross-attention modules for a tiny FLUX of width `flux_dim`."""
+    id_in = 512 + eva_embed
+    if kind == "v1":
+        shapes = {"id_adapter." + k: v for k, v in
+                  pulid_encoder_shapes(c=context, vit=vit, id_in=id_in, hidden=48).items()}
+    else:
+        enc = pulid_former_shapes(dim=64, depth=5, heads=1, queries=8, c=context, id_in=id_in, vit=vit, hidden=48)
+        shapes = {("pulid_encoder." if kind == "flux" else "id_adapter.") + k: v for k, v in enc.items()}
+    if kind == "flux":
+        shapes.update({"pulid_ca." + k: v for k, v in
+                       pulid_ca_shapes(flux_blocks, dim=flux_dim, kv=context, inner=256).items()})
+    else:
+        shapes.update(pulid_sdxl_kv(widths, context, published=True))
+    return tensors_for(shapes, seed)
+
+
 def tensors_for(shapes: dict, seed: int = 0) -> dict:
     """Seeded random tensors for a shape table: matrices ~ N(0, 1/fan_in), norms ~ 1, biases small."""
     gen = torch.Generator().manual_seed(seed)

@@ -251,6 +251,20 @@ def to_comfy(*rgb_images: np.ndarray):
     return torch.from_numpy(np.stack(rgb_images).astype(np.float32) / 255.0)
 
 
+def load_photos(prompt: dict, photos, node: str, input_name: str = "image") -> dict:
+    """Adds LoadImage nodes for `photos`, joined into one batch by ImageBatch, to an API prompt, and connects the
+    batch to `input_name` of `node`."""
+    batch = None
+    for i, photo in enumerate(photos):
+        prompt[f"photo{i}"] = {"class_type": "LoadImage", "inputs": {"image": photo}}
+        if i:
+            prompt[f"batch{i}"] = {"class_type": "ImageBatch", "inputs": {"image1": [batch, 0],
+                                                                          "image2": [f"photo{i}", 0]}}
+        batch = f"batch{i}" if i else "photo0"
+    prompt[node]["inputs"][input_name] = [batch, 0]
+    return prompt
+
+
 # ---------------------------------------------------------------- a registered insightface folder for the tests
 
 PACK = "synth_l"
@@ -314,3 +328,16 @@ def tiny_faceid_state(layout: str, widths: list[int], context: int = 64, clip_wi
         if "_lora." in k:
             state[k] = state[k] * 0.2
     return state
+
+
+def poison(path: str, value: float = float("nan")) -> str:
+    """Overwrite every float initializer of the ONNX file at `path` with `value` (a damaged download whose
+    weights hold NaN or inf); the graph itself stays valid."""
+    onnx, _TensorProto, _helper, numpy_helper = _helpers()
+    model = onnx.load(path)
+    for i, init in enumerate(model.graph.initializer):
+        array = numpy_helper.to_array(init)
+        if array.dtype.kind == "f" and array.size:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.full_like(array, value), init.name))
+    onnx.save(model, path)
+    return path

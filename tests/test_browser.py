@@ -1,6 +1,6 @@
 """The frontend in a real browser: ComfyUI's server with the pack, driven by headless Chromium.
 
-Starts `main.py --cpu` on 127.0.0.1 (a free port) with the pack and the test loaders of
+Starts `main.py --cpu` on 127.0.0.1 (a free port; tests/comfy_server.py) with the pack and the test loaders of
 tests/browser/tiny_loaders as custom nodes, and tiny model files under the official names in temporary model
 folders (the same ones tests/test_workflows.py executes). Then tests/browser/probe.mjs (playwright-core with
 Debian's chromium), once with the classic canvas and once with the Vue node renderer ("Nodes 2.0"):
@@ -24,20 +24,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-import folder_paths
 import test_workflows as tw
-from conftest import COMFYUI, PACK
+from comfy_server import comfy_server, get_json, post_json
+from conftest import PACK
 from test_workflows import one_torch_thread, workflow_models  # noqa: F401  (fixtures)
 
 BROWSER_DIR = PACK / "tests" / "browser"
@@ -45,7 +41,6 @@ ARTIFACTS = PACK / "tests" / "artifacts" / "browser"
 CHROMIUM = os.environ.get("LIKENESS_CHROMIUM", "/usr/bin/chromium")
 RUN = "likeness_sd15_basic"
 CHECKS = ("LikenessIdentityScore", "LikenessSubjectScore")
-SERVER_START_S = 240
 
 
 def _missing_tools() -> list[str]:
@@ -57,22 +52,6 @@ def _missing_tools() -> list[str]:
     if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
         missing.append(f"playwright-core (cd {BROWSER_DIR} && npm ci)")
     return missing
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, timeout: float = 5.0):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-def _post(url: str, value) -> None:
-    req = urllib.request.Request(url, data=json.dumps(value).encode(), method="POST")
-    urllib.request.urlopen(req, timeout=10).close()
 
 
 NEWER_FRONTEND = "1.58.1"  # the Vue node renderer shows extension widgets only on frontends newer than 1.27
@@ -87,64 +66,23 @@ def server(workflow_models, tmp_path_factory, request):
                        "(.ci/setup-browser downloads it)")
     if missing:
         pytest.fail("the browser test needs: " + "; ".join(missing) + ". .ci/run installs them.", pytrace=False)
-    root = tmp_path_factory.mktemp("browser")
-    custom = root / "custom_nodes"
-    custom.mkdir()
-    loaded_from = {Path(p).resolve() for p in folder_paths.get_folder_paths("custom_nodes")}
-    module = PACK.name
-    if PACK.parent.resolve() not in loaded_from:  # not already installed in the ComfyUI we start
-        module = "comfyui-likeness"
-        (custom / module).symlink_to(PACK, target_is_directory=True)
-    (custom / "likeness_tiny_loaders").symlink_to(BROWSER_DIR / "tiny_loaders", target_is_directory=True)
-    paths = {"custom_nodes": custom, **{k: workflow_models / k for k in (
-        "ipadapter", "instantid", "clip_vision", "checkpoints", "loras", "insightface", "controlnet",
-        *dict.fromkeys(tw.SPLIT_FILE_FOLDERS.values()))}}
-    config = root / "extra_model_paths.yaml"
-    config.write_text("likeness_browser_test:\n" + "".join(f"    {k}: {v}\n" for k, v in paths.items()))
-    (root / "user").mkdir()
-    port = _free_port()
-    log = open(root / "server.log", "w")
-    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
-           "--database-url", "sqlite:///:memory:", "--extra-model-paths-config", str(config),
-           "--input-directory", folder_paths.get_input_directory(),
-           "--output-directory", folder_paths.get_output_directory(), "--user-directory", str(root / "user")]
-    if request.param != "pinned":  # the same server with a newer frontend build (ComfyUI's --front-end-root)
-        cmd += ["--front-end-root", str(NEWER_FRONTEND_ROOT)]
-    proc = subprocess.Popen(cmd, cwd=COMFYUI, stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))  # tiny models: see test_workflows
-    base = f"http://127.0.0.1:{port}"
-    started = time.monotonic()
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"ComfyUI exited with {proc.returncode}:\n" + (root / "server.log").read_text()[-4000:])
-            try:
-                _get(base + "/api/system_stats")
-                break
-            except OSError:
-                if time.monotonic() - started > SERVER_START_S:
-                    pytest.fail("ComfyUI did not answer within %d s:\n%s" % (
-                        SERVER_START_S, (root / "server.log").read_text()[-4000:]))
-                time.sleep(1)
-        failed = [line for line in (root / "server.log").read_text().splitlines() if "IMPORT FAILED" in line]
-        assert not failed, "custom nodes failed to import:\n" + "\n".join(failed)
-        yield {"base": base, "module": module, "log": root / "server.log", "start_s": time.monotonic() - started,
-               "artifacts": ARTIFACTS / f"frontend-{request.param}"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        (ARTIFACTS / f"frontend-{request.param}").mkdir(parents=True, exist_ok=True)
-        shutil.copy(root / "server.log", ARTIFACTS / f"frontend-{request.param}" / "server.log")
+    folders = {k: workflow_models / k for k in (
+        "ipadapter", "instantid", "pulid", "clip_vision", "checkpoints", "loras", "insightface", "controlnet",
+        "facexlib", *dict.fromkeys(tw.SPLIT_FILE_FOLDERS.values()))}
+    # the same server with a newer frontend build (ComfyUI's --front-end-root)
+    extra = [] if request.param == "pinned" else ["--front-end-root", str(NEWER_FRONTEND_ROOT)]
+    artifacts = ARTIFACTS / f"frontend-{request.param}"
+    test_nodes = {"likeness_tiny_loaders": BROWSER_DIR / "tiny_loaders"}
+    with comfy_server(tmp_path_factory.mktemp("browser"), folders, test_nodes, extra_args=extra,
+                      keep_log=artifacts) as running:
+        yield {"base": running.base, "module": running.module, "log": running.log, "start_s": running.start_s,
+               "artifacts": artifacts}
 
 
 def _probe(server, vue: bool) -> dict:
     base = server["base"]
-    _post(base + "/api/settings/Comfy.TutorialCompleted", True)
-    _post(base + "/api/settings/Comfy.VueNodes.Enabled", vue)
+    post_json(base + "/api/settings/Comfy.TutorialCompleted", True)
+    post_json(base + "/api/settings/Comfy.VueNodes.Enabled", vue)
     artifacts = server["artifacts"]
     artifacts.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, LIKENESS_BASE=base, LIKENESS_MODULE=server["module"], LIKENESS_RUN=RUN,
@@ -224,16 +162,17 @@ def test_routes_serve_the_backend_formulas(server):
     for weight_type in pack("nodes.core.schedules").WEIGHT_TYPES:
         for layout in routes.LAYOUTS:
             query = urllib.parse.urlencode({"layout": layout, "weight": 0.8, "weight_type": weight_type})
-            assert _get(f"{server['base']}/api/likeness/weights?{query}") == routes.weights_table(layout, 0.8, weight_type)
+            answer = get_json(f"{server['base']}/api/likeness/weights?{query}")
+            assert answer == routes.weights_table(layout, 0.8, weight_type)
     table = routes.weights_table("sdxl", 0.8, "style transfer")
     active = {(s["block"], s["block_id"]) for s in table["sites"] if s["weight"]}
     assert len(table["sites"]) == 70 and active == {("output", 1)}
-    info = _get(server["base"] + "/api/likeness/adapter_info?name=ip-adapter-plus_sdxl_vit-h.safetensors")
+    info = get_json(server["base"] + "/api/likeness/adapter_info?name=ip-adapter-plus_sdxl_vit-h.safetensors")
     assert info["layout"] == "sdxl" and "70 cross-attention sites" in info["family"]  # a tiny SDXL-layout file
-    missing = _get(server["base"] + "/api/likeness/adapter_info?name=nope.safetensors")
+    missing = get_json(server["base"] + "/api/likeness/adapter_info?name=nope.safetensors")
     assert "not in the ipadapter folders" in missing["error"]
     with pytest.raises(urllib.error.HTTPError) as e:
-        _get(server["base"] + "/api/likeness/weights?weight_type=strongest")
+        get_json(server["base"] + "/api/likeness/weights?weight_type=strongest")
     assert e.value.code == 400
 
 

@@ -66,14 +66,7 @@ def faceid_prompt(adapter, kind="sd15", key="faceid", photos=("face_a.png",), cl
             "model": ["1", 0], "adapter": ["11", 0], "tokens": ["14", 0], "weight": weight, "weight_type": "linear",
             "start_at": 0.0, "end_at": 1.0, "embeds_scaling": "V only"}},
     })
-    batch = "40"
-    for i, photo in enumerate(photos):
-        prompt[f"photo{i}"] = {"class_type": "LoadImage", "inputs": {"image": photo}}
-        if i:
-            prompt[f"batch{i}"] = {"class_type": "ImageBatch", "inputs": {"image1": [batch, 0],
-                                                                          "image2": [f"photo{i}", 0]}}
-        batch = f"batch{i}" if i else "photo0"
-    prompt["34"]["inputs"]["image"] = [batch, 0]
+    fm.load_photos(prompt, photos, "34")
     if clip:
         prompt["10"] = {"class_type": "LikenessTestTinyCLIPVision", "inputs": {"clip_name": "tiny-clip-h.safetensors"}}
         prompt["34"]["inputs"]["clip_vision"] = ["10", 0]

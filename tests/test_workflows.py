@@ -28,7 +28,8 @@ tiny adapters written under the official file names (layout, encoder feature and
 the variants table, sized for the tiny models; FaceID ones in the .bin layout with their LoRA; InstantID's
 in models/instantid),
 `LikenessFaceModelLoader` loads the synthetic insightface-compatible ONNX pack of tests/face_models.py
-written under the shipped pack name, `LoraLoaderModelOnly` loads a tiny LoRA under the shipped name,
+written under the shipped pack name, `LikenessIDEncoderLoader` a tiny EVA-CLIP and a random BiSeNet in
+their published layouts (tests/pulid_models.py), `LoraLoaderModelOnly` loads a tiny LoRA under the shipped name,
 `LoadImage` reads the example images shipped in workflows/inputs/, and CLIPTextEncode, KSampler (all
 its steps), VAEDecode and SaveImage are the real nodes. The tiny files live in folders of their own,
 searched first while this module runs.
@@ -50,6 +51,7 @@ import torch
 import builders
 import face_models
 import folder_paths
+import pulid_models
 import nodes
 from conftest import PACK, pack, run_prompt, tiny_loaders
 
@@ -233,12 +235,29 @@ SPLIT_FILE_FOLDERS = {("UNETLoader", "unet_name"): "diffusion_models", ("CLIPLoa
 TINY_ENCODERS = {1280: dict(hidden=64, projection=32), 1664: dict(hidden=96, projection=48)}  # by real hidden width
 
 
-def write_tiny_adapter(models: Path, name: str) -> None:
+def adapter_folder(name: str) -> str:
+    """The model folder the variants table names for an official adapter file (ipadapter, instantid, pulid): where
+    the workflows' loaders say it goes, so the frontend's missing-model check finds it there."""
+    return next(v for v in pack("nodes.core.variants").VARIANTS if name in v.files).folder
+
+
+def write_tiny_adapter(folder: Path, name: str) -> None:
     """A tiny adapter in the official file's layout (same projection kind, encoder feature and base model, tensors
-    stored in the published file's precision), in the model folder the variants table names for it."""
+    stored in the published file's precision)."""
     variants = pack("nodes.core.variants")
     variant = next(v for v in variants.VARIANTS if name in v.files)
-    folder = models / variant.folder
+    if variant.pulid:  # the published PuLID naming, sized for the tiny SDXL / FLUX and the tiny EVA-CLIP
+        if variant.family == variants.FLUX:
+            state = builders.tiny_pulid_state("flux", seed=len(name))
+        else:
+            kind = "v1" if variant.layout is variants.Layout.PULID_ENCODER else "v1.1"
+            widths = [s.width for s in pack("nodes.host.sites").find_sites(tiny_loaders.tiny_model("sdxl"))]
+            state = builders.tiny_pulid_state(kind, widths=widths, seed=len(name))
+        if name.endswith(".bin"):
+            torch.save(state, folder / name)
+        else:
+            builders.save_safetensors(str(folder / name), state)
+        return
     kind = "sdxl" if variant.family == "SDXL" else "sd15"
     widths = [s.width for s in pack("nodes.host.sites").find_sites(tiny_loaders.tiny_model(kind))]
     if variant.faceid:
@@ -295,8 +314,8 @@ def workflow_models(models_dir, tmp_path_factory):
     workflows = [_load(p) for p in WORKFLOWS]
     extra = tmp_path_factory.mktemp("workflow_models")
     stack = contextlib.ExitStack()  # every folder registered here comes first, and is unregistered after the module
-    for folder in dict.fromkeys(("ipadapter", "instantid", "clip_vision", "checkpoints", "loras", "insightface",
-                                 "controlnet", *SPLIT_FILE_FOLDERS.values())):
+    for folder in dict.fromkeys(("ipadapter", "instantid", "pulid", "clip_vision", "checkpoints", "loras",
+                                 "insightface", "controlnet", "facexlib", *SPLIT_FILE_FOLDERS.values())):
         (extra / folder).mkdir()
         stack.enter_context(face_models.model_folder(folder, str(extra / folder), first=True))
     for name in _file_widgets(workflows, "CLIPVisionLoader", "clip_name"):
@@ -304,7 +323,7 @@ def workflow_models(models_dir, tmp_path_factory):
         builders.write_tiny_clip_vision(str(extra / "clip_vision"), Path(name).stem, seed=hidden,
                                         **TINY_ENCODERS[hidden])
     for name in _file_widgets(workflows, "LikenessAdapterLoader", "adapter_name"):
-        write_tiny_adapter(extra, name)
+        write_tiny_adapter(extra / adapter_folder(name), name)
     for name in _file_widgets(workflows, "ControlNetLoader", "control_net_name"):
         # InstantID's IdentityNet, for the tiny SDXL, in its published diffusers layout
         builders.save_safetensors(str(extra / "controlnet" / name), builders.tiny_identitynet_state())
@@ -313,6 +332,10 @@ def workflow_models(models_dir, tmp_path_factory):
     for (class_type, widget), folder in SPLIT_FILE_FOLDERS.items():
         for name in _file_widgets(workflows, class_type, widget):
             (extra / folder / name).write_bytes(b"")  # the same: the tiny loaders pick a model by this name
+    for name in _file_widgets(workflows, "LikenessIDEncoderLoader", "clip_name"):
+        pulid_models.write_tiny_eva(str(extra / "clip_vision"), name)  # EVA-CLIP's layout, tiny widths
+    for name in _file_widgets(workflows, "LikenessIDEncoderLoader", "parsing_model"):
+        pulid_models.write_parsing(str(extra / "facexlib"), name)  # BiSeNet, random weights
     for wf in workflows:
         ckpts = _file_widgets([wf], "CheckpointLoaderSimple", "ckpt_name")
         for name in _file_widgets([wf], "LoraLoaderModelOnly", "lora_name"):

@@ -49,8 +49,10 @@ def check_tokens_fit(adapter: Adapter, tokens: ImageTokens) -> None:
 
 def build_image_prompt(adapter: Adapter, tokens: ImageTokens, sites: Sequence[Site], weight: float,
                        weight_type: str, embeds_scaling: str, sigma_start: float, sigma_end: float,
-                       mask: torch.Tensor | None = None, device: torch.device | None = None) -> ImagePrompt:
-    """Precompute every site's image keys and values once; sites at weight 0 get nothing."""
+                       mask: torch.Tensor | None = None, device: torch.device | None = None, zero_tokens: int = 0,
+                       combine=None) -> ImagePrompt:
+    """Precompute every site's image keys and values once; sites at weight 0 get nothing. `zero_tokens` zero
+    tokens follow the image tokens (PuLID's methods); `combine` is the prompt's combine rule (see ImagePrompt)."""
     check_adapter_fits(adapter, sites)
     check_tokens_fit(adapter, tokens)
     if mask is not None:
@@ -61,6 +63,8 @@ def build_image_prompt(adapter: Adapter, tokens: ImageTokens, sites: Sequence[Si
     weights = site_weights(sites, weight, weight_type)
     device = device or torch.device("cpu")
     cond, uncond = (t.to(device) for t in tokens.flat())
+    if zero_tokens:
+        cond, uncond = (torch.cat([t, t.new_zeros(zero_tokens, t.shape[-1])]) for t in (cond, uncond))
     site_kv = {}
     for site, layer_id in zip(sites, adapter.detected.layer_ids):
         w = weights[site.key]
@@ -68,4 +72,4 @@ def build_image_prompt(adapter: Adapter, tokens: ImageTokens, sites: Sequence[Si
             continue
         w_k, w_v = adapter.kv_weights[layer_id]
         site_kv[site.key] = site_keys_values(cond, uncond, w_k.to(device), w_v.to(device), w, embeds_scaling)
-    return ImagePrompt(site_kv, sigma_start, sigma_end, mask, label=adapter.name)
+    return ImagePrompt(site_kv, sigma_start, sigma_end, mask, label=adapter.name, combine=combine)

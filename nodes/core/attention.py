@@ -266,11 +266,16 @@ class ImagePrompt:
     """One applied adapter: its K/V per site, active window (in sigmas) and optional attention mask.
 
     Everything mutable belongs to the object: its device copies (one per device and dtype, see placement.py)
-    and the cache of the current step's window test. Two prompts share nothing."""
+    and the cache of the current step's window test. Two prompts share nothing.
+
+    `combine`, when set, turns the adapter's attention output into its term at a site from the text attention's
+    output (PuLID's rules): combine(q, out, keys_values, heads) -> [b, n, width]. Without it the term is the
+    attention output itself, summed with the other adapters'."""
 
     def __init__(self, site_kv: Mapping[SiteKey, SiteKV], sigma_start: float, sigma_end: float,
-                 mask: torch.Tensor | None = None, label: str = ""):
+                 mask: torch.Tensor | None = None, label: str = "", combine: Callable | None = None):
         self.site_kv = dict(site_kv)
+        self.combine = combine
         self.sigma_start, self.sigma_end = float(sigma_start), float(sigma_end)
         self.mask = None if mask is None else mask.detach().float().cpu()
         self.label = label
@@ -364,11 +369,20 @@ class DecoupledCrossAttention(MovesWithModel):
         else:
             out = self.attention(q, k, v, heads, attn_precision=extra.get("attn_precision"),
                                  transformer_options=extra)
-        parts = [kv for kv in (p.keys_values(self.key, q, extra, self.allocation_pause) for p in self.prompts)
-                 if kv is not None]
-        if not parts:
+        parts, terms = [], []
+        for prompt in self.prompts:
+            kv = prompt.keys_values(self.key, q, extra, self.allocation_pause)
+            if kv is None:
+                continue
+            if prompt.combine is None:
+                parts.append(kv)
+            else:  # computed from the text attention's output before anything is added to it
+                terms.append(prompt.combine(q, out, kv, heads))
+        if not parts and not terms:
             return out
-        image = image_attention_sum(q, parts, heads)
+        image = image_attention_sum(q, parts, heads) if parts else None
+        for term in terms:
+            image = term if image is None else image + term
         if self.base is None and not torch.is_grad_enabled():  # the text attention's output is ours to add to
             return out.add_(image)
         return out + image

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import IncompatibleError, InputError
-from .references import FaceIdentity, References
+from .references import FaceIdentity, References, check_reference_count
 
 MERGE_MODES = ("concat", "average", "weighted average", "norm average", "subtract", "max", "min")
 FRACTIONAL_WEIGHT_MODES = ("weighted average", "norm average", "subtract")
@@ -78,6 +78,15 @@ def _encoder_words(refs: References) -> str:
 
 
 def _check_same_kind(first_name: str, first: References, name: str, refs: References) -> None:
+    if (first.parsed_face is None) != (refs.parsed_face is None):
+        with_, without = (first_name, name) if first.parsed_face is not None else (name, first_name)
+        raise IncompatibleError(
+            f"cannot merge {first_name} and {name}: {with_} carry PuLID's EVA-CLIP features of the parsed faces but "
+            f"{without} do not. Connect the same id_encoder to every Likeness Face Embed whose references you merge.")
+    if first.parsed_face is not None and first.parsed_face.hidden.shape[1:] != refs.parsed_face.hidden.shape[1:]:
+        raise IncompatibleError(
+            f"cannot merge {first_name} and {name}: their parsed-face features come from different EVA-CLIP encoders "
+            f"({first.parsed_face.encoder} and {refs.parsed_face.encoder}). Use one Likeness ID Encoder Loader.")
     if (first.image is None) != (refs.image is None) or (first.face is None) != (refs.face is None):
         raise IncompatibleError(
             f"cannot merge {first_name} and {name}: {first_name} are {_kind(first)} but {name} are {_kind(refs)}. "
@@ -118,9 +127,14 @@ def gather(inputs: Sequence[tuple[str, References]]) -> Gathered:
     for name, refs in inputs[1:]:
         _check_same_kind(first_name, first, name, refs)
     counts = tuple((name, refs.count) for name, refs in inputs)
+    check_reference_count(sum(c for _, c in counts), "merging " + ", ".join(f"{name} ({c})" for name, c in counts))
     if len(inputs) == 1:
         return Gathered(first, counts)
-    image = face = None
+    image = face = parsed = None
+    if first.parsed_face is not None:
+        parsed = dataclasses.replace(first.parsed_face,
+                                     embeds=torch.cat([r.parsed_face.embeds for _, r in inputs]),
+                                     hidden=torch.cat([r.parsed_face.hidden for _, r in inputs]))
     if first.image is not None:
         image = dataclasses.replace(
             first.image,
@@ -128,7 +142,7 @@ def gather(inputs: Sequence[tuple[str, References]]) -> Gathered:
             penultimate=torch.cat([r.image.penultimate for _, r in inputs]))
     if first.face is not None:
         face = FaceIdentity.concat([r.face for _, r in inputs])
-    return Gathered(References(image=image, face=face), counts)
+    return Gathered(References(image=image, face=face, parsed_face=parsed), counts)
 
 
 # ------------------------------------------------------------------ weights
@@ -261,19 +275,27 @@ def _take(refs: References, rows: Sequence[int]) -> References:
     if list(rows) == list(range(refs.count)):
         return refs
     index = torch.tensor(list(rows), dtype=torch.long)
-    image = face = None
+    image = face = parsed = None
+    if refs.parsed_face is not None:
+        parsed = dataclasses.replace(refs.parsed_face, embeds=refs.parsed_face.embeds[index],
+                                     hidden=refs.parsed_face.hidden[index])
     if refs.image is not None:
         image = dataclasses.replace(refs.image, image_embeds=refs.image.image_embeds[index],
                                     penultimate=refs.image.penultimate[index])
     if refs.face is not None:
         face = refs.face.rows(index)
-    return References(image=image, face=face)
+    return References(image=image, face=face, parsed_face=parsed)
 
 
 def _combined(refs: References, mode: str, weights: torch.Tensor) -> References:
     if mode == "concat":
         return refs
-    image = face = None
+    image = face = parsed = None
+    if refs.parsed_face is not None:
+        # the unit image embedding is a direction: combined, it is made a unit vector again, as PuLID reads it
+        parsed = dataclasses.replace(refs.parsed_face,
+                                     embeds=F.normalize(combine(refs.parsed_face.embeds, mode, weights), dim=-1),
+                                     hidden=combine(refs.parsed_face.hidden, mode, weights))
     if refs.image is not None:
         image = dataclasses.replace(refs.image, image_embeds=combine(refs.image.image_embeds, mode, weights),
                                     penultimate=combine(refs.image.penultimate, mode, weights))
@@ -281,7 +303,7 @@ def _combined(refs: References, mode: str, weights: torch.Tensor) -> References:
         # one combined face keeps the pose (keypoints) of the first kept photo
         face = dataclasses.replace(refs.face.rows(torch.tensor([0])), normed=combine(refs.face.normed, mode, weights),
                                    raw=combine(refs.face.raw, mode, weights))
-    return References(image=image, face=face)
+    return References(image=image, face=face, parsed_face=parsed)
 
 
 def _reject_outliers(refs: References, labels, active: list[int], threshold: float, mode: str):

@@ -164,6 +164,10 @@ def build_projection(layout: Layout, state: Mapping[str, torch.Tensor]) -> nn.Mo
         else:
             module = FaceIDPlusProjection(*args, clip_width=state["perceiver_resampler.proj_in.weight"].shape[1],
                                           depth=_depth(state, "perceiver_resampler.layers."))
+    elif layout in (Layout.PULID_ENCODER, Layout.PULID_FORMER):
+        from .pulid_encoders import build_id_encoder, build_id_former
+
+        return (build_id_encoder if layout is Layout.PULID_ENCODER else build_id_former)(state)
     else:  # pragma: no cover - the Layout enum is closed
         raise ValueError(layout)
     dtypes = {v.dtype for v in state.values()}

@@ -14,6 +14,26 @@ from .errors import IncompatibleError, InputError
 from .variants import Feature, encoder_by_widths
 
 
+# The most references one set holds. Each keeps its encoder features in memory (about 1.3 MB for ViT-H hidden
+# states) and, merged with concat, its tokens in every attention call; far more photos than any identity needs.
+MAX_REFERENCES = 256
+
+
+def reference_count_problem(count: int, what: str) -> str | None:
+    """A message when `count` references (from `what`) are more than one set may hold, else None."""
+    if count <= MAX_REFERENCES:
+        return None
+    return (f"{what} gives {count} references; a reference set holds at most {MAX_REFERENCES}. Use fewer images "
+            "(several photos of one subject from different angles are enough), or merge smaller sets with an "
+            "averaging mode of Likeness Merge References.")
+
+
+def check_reference_count(count: int, what: str) -> None:
+    problem = reference_count_problem(count, what)
+    if problem:
+        raise InputError(problem)
+
+
 @dataclass(frozen=True, eq=False)
 class EncoderInfo:
     """What encoder made a set of references."""
@@ -89,22 +109,41 @@ class FaceIdentity:
 
 
 @dataclass(frozen=True, eq=False)
+class ParsedFaceFeatures:
+    """PuLID's EVA-CLIP features of N parsed faces (aligned, background white, grey): what its ID encoder reads
+    besides the identity."""
+
+    encoder: str  # e.g. "EVA02-CLIP-L-14-336 (...)"
+    embeds: torch.Tensor  # [N, E], unit length
+    hidden: torch.Tensor  # [N, 5, tokens, width]: the hidden states PuLID reads, class token first
+    source: str = ""  # encoder file name, for messages
+
+    @property
+    def count(self) -> int:
+        return self.embeds.shape[0]
+
+
+@dataclass(frozen=True, eq=False)
 class References:
     """N references. Image references carry CLIP features; face references carry identities and, for the
-    Plus variants, CLIP features of the aligned face crops (row i of both describes reference i)."""
+    Plus variants, CLIP features of the aligned face crops, and for PuLID EVA-CLIP features of the parsed faces
+    (row i of every part describes reference i)."""
 
     image: ImageFeatures | None = None
     face: FaceIdentity | None = None
+    parsed_face: ParsedFaceFeatures | None = None
 
     def __post_init__(self):
-        parts = [p for p in (self.image, self.face) if p is not None]
+        parts = [p for p in (self.image, self.face, self.parsed_face) if p is not None]
         if not parts:
             raise InputError("no references: neither image features nor face identities were given.")
         if any(p.count == 0 for p in parts):
             raise InputError("no reference images: the image batch is empty.")
         if len({p.count for p in parts}) != 1:
-            raise InputError(f"face identities ({self.face.count}) and face crop features ({self.image.count}) "
-                             "do not describe the same references.")
+            counts = ", ".join(f"{name} {p.count}" for name, p in (("face identities", self.face), ("face crop "
+                               "features", self.image), ("parsed face features", self.parsed_face)) if p is not None)
+            raise InputError(f"the parts of these references do not describe the same faces ({counts}).")
+        check_reference_count(parts[0].count, "this reference set")
 
     def __deepcopy__(self, memo):
         return self
@@ -116,7 +155,7 @@ class References:
 
     @property
     def count(self) -> int:
-        return (self.image or self.face).count
+        return (self.image or self.face or self.parsed_face).count
 
 
 @dataclass(frozen=True, eq=False)
@@ -188,6 +227,10 @@ def project_references(adapter: Adapter, refs: References, negative: References 
     `instantid.project_identity`; `noise` is its uncond noise (None: InstantID's default).
     """
     det = adapter.detected
+    if det.pulid:
+        from .pulid import project_pulid
+
+        return project_pulid(adapter, refs, negative, device)
     if det.faceid:
         from . import instantid
         from .face import project_faces

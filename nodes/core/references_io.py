@@ -8,6 +8,9 @@ Tensors                              Metadata (all strings)
   face.raw               [N, W]        face.model, face.width (W)
   face.keypoints         [N, 5, 2]     face.keypoints = "5" when the two pose tensors are there (format 2)
   face.image_sizes       [N, 2] int64
+  parsed_face.embeds     [N, E']       parsed_face.encoder, parsed_face.source, parsed_face.levels (L),
+  parsed_face.hidden     [N, L, S', H']  parsed_face.tokens (S'), parsed_face.hidden_width (H'),
+                                         parsed_face.embed_width (E')   (PuLID's EVA-CLIP features)
 
 Loading checks the metadata against the tensors (names, shapes, count, widths, dtype, finite values), so a
 damaged file or a file of another kind stops with a message that names it.
@@ -21,14 +24,17 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import all_finite, not_a_model
 from .errors import ReferencesFileError
-from .references import EncoderInfo, FaceIdentity, ImageFeatures, References
+from .references import (MAX_REFERENCES, EncoderInfo, FaceIdentity, ImageFeatures, ParsedFaceFeatures, References,
+                         reference_count_problem)
 
 FORMAT = "likeness.references"
 FORMAT_VERSION = 2  # 2 added each face's keypoints and photo size; files without them are still written as 1
 IMAGE_TENSORS = ("image.image_embeds", "image.penultimate", "image.empty_penultimate")
 FACE_TENSORS = ("face.normed", "face.raw")
 POSE_TENSORS = ("face.keypoints", "face.image_sizes")
+PARSED_FACE_TENSORS = ("parsed_face.embeds", "parsed_face.hidden")
 _PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
@@ -42,7 +48,8 @@ def likeness_version() -> str:
 
 
 def to_tensors_and_metadata(refs: References) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    parts = [p for p, v in (("image", refs.image), ("face", refs.face)) if v is not None]
+    parts = [p for p, v in (("image", refs.image), ("face", refs.face), ("parsed_face", refs.parsed_face))
+             if v is not None]
     # format 1 unless the file holds keypoints, so Likeness versions that know no keypoints still read it
     meta = {"format": FORMAT, "format_version": "1", "likeness_version": likeness_version(),
             "count": str(refs.count), "parts": ",".join(parts)}
@@ -61,6 +68,12 @@ def to_tensors_and_metadata(refs: References) -> tuple[dict[str, torch.Tensor], 
             tensors.update({"face.keypoints": refs.face.keypoints.float(),
                             "face.image_sizes": refs.face.image_sizes.long()})
             meta.update({"face.keypoints": "5", "format_version": "2"})
+    if refs.parsed_face is not None:
+        p = refs.parsed_face
+        tensors.update({"parsed_face.embeds": p.embeds, "parsed_face.hidden": p.hidden})
+        meta.update({"parsed_face.encoder": p.encoder, "parsed_face.source": p.source,
+                     "parsed_face.embed_width": str(p.embeds.shape[-1]), "parsed_face.levels": str(p.hidden.shape[1]),
+                     "parsed_face.tokens": str(p.hidden.shape[2]), "parsed_face.hidden_width": str(p.hidden.shape[3])})
     # safetensors refuses views that share storage; a clone per tensor keeps the bytes exactly
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     return tensors, meta
@@ -70,10 +83,17 @@ def save_references(refs: References, path: str) -> str:
     import safetensors.torch
 
     tensors, meta = to_tensors_and_metadata(refs)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".partial"
-    safetensors.torch.save_file(tensors, tmp, metadata=meta)
-    os.replace(tmp, path)  # a crash mid-write never leaves a half file under the real name
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        safetensors.torch.save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)  # a crash mid-write never leaves a half file under the real name
+    except Exception as e:  # disk full, no permission, a name the file system refuses: say which file
+        if os.path.isfile(tmp):
+            os.remove(tmp)
+        raise ReferencesFileError(f"`{os.path.basename(path)}` could not be written to {os.path.dirname(path)} "
+                                  f"({type(e).__name__}: {e}). Check that the folder is writable and the disk has "
+                                  "room.") from None
     return path
 
 
@@ -110,8 +130,17 @@ def _check_shape(name: str, key: str, tensor: torch.Tensor, expected: tuple[int,
     if not tensor.is_floating_point():
         raise ReferencesFileError(f"`{name}` is damaged: tensor `{key}` holds {tensor.dtype}, not floating point "
                                   "numbers.")
-    if not torch.isfinite(tensor).all():
-        raise ReferencesFileError(f"`{name}` is damaged: tensor `{key}` contains NaN or infinite values.")
+    if not all_finite(tensor):
+        raise ReferencesFileError(f"`{name}` is damaged: tensor `{key}` contains NaN or infinite values. Save the "
+                                  "references again from their images.")
+
+
+def _check_sizes_before_reading(name: str, shapes: dict[str, list[int]]) -> None:
+    """Refuse a file whose tensors hold more references than a set may, before their data is read."""
+    for key, shape in shapes.items():
+        if shape and shape[0] > MAX_REFERENCES:
+            raise ReferencesFileError(f"`{name}`: tensor `{key}` holds {shape[0]} references; a reference set holds "
+                                      f"at most {MAX_REFERENCES}. Save smaller sets.")
 
 
 def from_tensors_and_metadata(tensors: dict[str, torch.Tensor], meta: dict | None, name: str) -> References:
@@ -126,12 +155,13 @@ def from_tensors_and_metadata(tensors: dict[str, torch.Tensor], meta: dict | Non
     if version < 1:
         raise ReferencesFileError(f"`{name}` has an unknown format version {version}.")
     parts = {p for p in meta.get("parts", "").split(",") if p}
-    if not parts or parts - {"image", "face"}:
+    if not parts or parts - {"image", "face", "parsed_face"}:
         raise ReferencesFileError(
-            f"`{name}` is damaged: metadata `parts` should list `image` and/or `face`, found {meta.get('parts')!r}.")
+            f"`{name}` is damaged: metadata `parts` should list `image`, `face` and/or `parsed_face`, found "
+            f"{meta.get('parts')!r}.")
     pose = "face" in parts and meta.get("face.keypoints") is not None
     expected = (set(IMAGE_TENSORS if "image" in parts else ()) | set(FACE_TENSORS if "face" in parts else ())
-                | set(POSE_TENSORS if pose else ()))
+                | set(POSE_TENSORS if pose else ()) | set(PARSED_FACE_TENSORS if "parsed_face" in parts else ()))
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
         raise ReferencesFileError(
@@ -142,6 +172,9 @@ def from_tensors_and_metadata(tensors: dict[str, torch.Tensor], meta: dict | Non
     count = _int(meta, "count", name)
     if count == 0:
         raise ReferencesFileError(f"`{name}` holds no references (count 0).")
+    too_many = reference_count_problem(count, f"`{name}`")
+    if too_many:
+        raise ReferencesFileError(too_many)
     image = face = None
     if "image" in parts:
         hidden, embed = _int(meta, "image.hidden_width", name), _int(meta, "image.embed_width", name)
@@ -174,7 +207,17 @@ def from_tensors_and_metadata(tensors: dict[str, torch.Tensor], meta: dict | Non
                     f"`{name}` is damaged: tensor `face.image_sizes` should hold {count} positive (width, height) "
                     f"pairs as int64; found {sizes.dtype} of shape {tuple(sizes.shape)}.")
         face = FaceIdentity(model, tensors["face.normed"], tensors["face.raw"], keypoints, sizes)
-    return References(image=image, face=face)
+    parsed = None
+    if "parsed_face" in parts:
+        embed, levels = _int(meta, "parsed_face.embed_width", name), _int(meta, "parsed_face.levels", name)
+        tokens, hidden = _int(meta, "parsed_face.tokens", name), _int(meta, "parsed_face.hidden_width", name)
+        _check_shape(name, "parsed_face.embeds", tensors["parsed_face.embeds"], (count, embed),
+                     f"count {count}, embed width {embed}")
+        _check_shape(name, "parsed_face.hidden", tensors["parsed_face.hidden"], (count, levels, tokens, hidden),
+                     f"count {count}, {levels} levels of {tokens} tokens, hidden width {hidden}")
+        parsed = ParsedFaceFeatures(meta.get("parsed_face.encoder", "EVA-CLIP"), tensors["parsed_face.embeds"],
+                                    tensors["parsed_face.hidden"], meta.get("parsed_face.source", ""))
+    return References(image=image, face=face, parsed_face=parsed)
 
 
 def load_references(path: str) -> References:
@@ -187,11 +230,18 @@ def load_references(path: str) -> References:
         raise ReferencesFileError(f"`{name}` is not a .safetensors file; Likeness reads and writes references only "
                                   "as .safetensors (never pickle).")
     try:
+        problem = not_a_model(path, "a references file")
+    except OSError:
+        problem = None  # reported below with the library's own reading
+    if problem:
+        raise ReferencesFileError(problem)
+    try:
         with safetensors.safe_open(path, framework="pt", device="cpu") as f:
             meta = f.metadata()
             keys = list(f.keys())
             if not meta or meta.get("format") != FORMAT:
                 raise _foreign(name, meta, keys)
+            _check_sizes_before_reading(name, {k: f.get_slice(k).get_shape() for k in keys})
             tensors = {k: f.get_tensor(k) for k in keys}
     except ReferencesFileError:
         raise
@@ -211,5 +261,7 @@ def describe(refs: References) -> str:
         parts.append(f"image features from {refs.image.encoder.describe()}")
     if refs.face is not None:
         parts.append(f"`{refs.face.model}` identities")
+    if refs.parsed_face is not None:
+        parts.append(f"PuLID parsed-face features from {refs.parsed_face.encoder}")
     return f"{refs.count} reference{'s' if refs.count != 1 else ''}: " + " and ".join(parts)
 

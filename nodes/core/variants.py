@@ -23,6 +23,7 @@ class Feature(enum.Enum):
     PENULTIMATE = "penultimate"  # CLIP hidden states of the second-to-last layer [S, E]
     FACE_ID = "face_id"  # insightface identity embedding [512]
     FACE_ID_AND_PENULTIMATE = "face_id+penultimate"
+    PULID = "pulid"  # antelopev2 raw identity + EVA-CLIP features of the parsed face (Likeness ID Encoder)
 
 
 class Layout(enum.Enum):
@@ -33,6 +34,8 @@ class Layout(enum.Enum):
     MLP_PER_TOKEN = "mlp"  # Linear, GELU, Linear, LayerNorm on each encoder token (full-face)
     FACEID_MLP = "faceid-mlp"  # Linear, GELU, Linear -> reshape -> LayerNorm, from a 512-d identity
     FACEID_PLUS = "faceid-plus"  # FaceID MLP tokens refined by a perceiver over CLIP features
+    PULID_ENCODER = "pulid-idencoder"  # PuLID v1: MLPs of the ID vector and of each EVA hidden state
+    PULID_FORMER = "pulid-idformer"  # PuLID v1.1 / PuLID-FLUX: learned queries read ID and EVA tokens
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,12 @@ ENCODERS: tuple[Encoder, ...] = (
     Encoder("ViT-bigG/14", 1664, 1280, "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors"),
     Encoder("ViT-L/14", 1024, 768, "clip-vit-large-patch14.safetensors"),
 )
+
+
+# The image encoder PuLID reads (EVA-CLIP, not OpenAI/LAION CLIP): kept apart from ENCODERS, whose widths it
+# shares with ViT-L/14.
+EVA_CLIP = Encoder("EVA02-CLIP-L-14-336", 1024, 768, "EVA02_CLIP_L_336_psz14_s6B.pt")
+IDENTITY_WIDTH = 512  # antelopev2 (glintr100) identity embedding
 
 
 def encoder_by_width(width: int, feature: Feature) -> Encoder | None:
@@ -82,6 +91,7 @@ FAMILIES: tuple[ModelFamily, ...] = (
     ModelFamily("SD1.5", 768, 16),
     ModelFamily("SDXL", 2048, 70),
 )
+FLUX = "FLUX"  # a DiT: PuLID-FLUX files name it; it has no cross-attention sites
 
 
 def family_name(context_width: int, sites: int | None = None) -> str:
@@ -116,6 +126,10 @@ class Variant:
     # A ControlNet trained with the adapter (InstantID's IdentityNet): its published file name and where it is.
     controlnet_file: str = ""
     controlnet_source: str = ""
+
+    @property
+    def pulid(self) -> bool:
+        return self.feature is Feature.PULID
 
 
 _H, _G = 1280, 1664  # hidden widths (ViT-H, ViT-bigG)
@@ -166,7 +180,28 @@ VARIANTS: tuple[Variant, ...] = (
             "SDXL", 512, 16, ("ip-adapter-faceid-portrait_sdxl_unnorm.bin",), faceid=True,
             stored_dtypes=("F32", "F16"), name_hint=r"portrait|unnorm",
             note="takes the raw, un-normalised identity embedding"),
+    # PuLID: antelopev2 identity + EVA-CLIP features of the parsed face, through the ID encoder (Likeness ID
+    # Encoder Loader, Likeness Face Embed's id_encoder input).
+    Variant("sdxl-pulid", "PuLID v1", Layout.PULID_ENCODER, Feature.PULID, "SDXL", 1280, 10,
+            ("ip-adapter_pulid_sdxl_fp16.safetensors", "pulid_v1.bin"), folder="pulid",
+            note="the safetensors file is a conversion of pulid_v1.bin with IP-Adapter key names"),
+    Variant("sdxl-pulid-v1.1", "PuLID v1.1", Layout.PULID_FORMER, Feature.PULID, "SDXL", 1280, 32,
+            ("pulid_v1.1.safetensors", "ip-adapter_pulidv1.1_sdxl_fp16.safetensors"), folder="pulid"),
+    Variant("flux-pulid", "PuLID-FLUX v0.9.0 / v0.9.1", Layout.PULID_FORMER, Feature.PULID, FLUX, 1280, 32,
+            ("pulid_flux_v0.9.1.safetensors", "pulid_flux_v0.9.0.safetensors"), folder="pulid",
+            note="v0.9.0 and v0.9.1 share one layout; they differ by training (v0.9.1 holds identity better)"),
 )
+
+# PuLID-FLUX inserts one cross-attention module after every 2nd double block and every 4th single block,
+# counted from block 0 (the reference's double_interval and single_interval).
+PULID_FLUX_DOUBLE_INTERVAL = 2
+PULID_FLUX_SINGLE_INTERVAL = 4
+
+
+def pulid_flux_blocks(double_blocks: int, single_blocks: int) -> tuple[tuple[str, int], ...]:
+    """The blocks after which PuLID-FLUX's cross-attention modules act, in module order."""
+    return (tuple(("double_block", i) for i in range(0, double_blocks, PULID_FLUX_DOUBLE_INTERVAL))
+            + tuple(("single_block", i) for i in range(0, single_blocks, PULID_FLUX_SINGLE_INTERVAL)))
 
 
 def variant_by_key(key: str) -> Variant:
@@ -199,6 +234,8 @@ class Detected:
     variant: Variant | None  # the official row, when one matches
     alternatives: tuple[Variant, ...] = ()  # other rows with the same layout, when several match
     reason: str = ""  # why `variant` was chosen among them
+    model_family: str = ""  # set when the file names its model family (PuLID-FLUX)
+    vit_width: int = 0  # PuLID: width of the EVA-CLIP hidden states its encoder reads
 
     def as_variant(self, title: str) -> "Detected":
         """The same detection with `variant` set to the row titled `title`, which must share this layout."""
@@ -213,11 +250,20 @@ class Detected:
 
     @property
     def family(self) -> str:
-        return family_name(self.context_width, len(self.layer_ids))
+        return self.model_family or family_name(self.context_width, len(self.layer_ids))
 
     @property
     def faceid(self) -> bool:
         return self.feature in (Feature.FACE_ID, Feature.FACE_ID_AND_PENULTIMATE)
+
+    @property
+    def pulid(self) -> bool:
+        return self.feature is Feature.PULID
+
+    @property
+    def eva_embed_width(self) -> int:
+        """PuLID: width of the EVA-CLIP image embedding in the ID vector."""
+        return self.input_width - IDENTITY_WIDTH if self.pulid else 0
 
     @property
     def needs_lora(self) -> bool:
@@ -232,6 +278,10 @@ class Detected:
     @property
     def encoder(self) -> Encoder | None:
         """The CLIP encoder this adapter needs, when it needs one."""
+        if self.pulid:
+            if (self.vit_width, self.eva_embed_width) == (EVA_CLIP.hidden_width, EVA_CLIP.embed_width):
+                return EVA_CLIP
+            return Encoder(f"an EVA-CLIP encoder", self.vit_width, self.eva_embed_width, EVA_CLIP.file_hint)
         if self.feature is Feature.IMAGE_EMBEDS:
             return encoder_by_width(self.input_width, Feature.IMAGE_EMBEDS)
         if self.feature in (Feature.PENULTIMATE,):
@@ -243,6 +293,9 @@ class Detected:
     def encoder_requirement(self) -> str:
         """Words for the encoder this adapter needs."""
         enc = self.encoder
+        if self.pulid:
+            return (f"{enc.describe()} through Likeness ID Encoder Loader, e.g. {enc.file_hint}, and antelopev2 "
+                    "faces")
         what = "image embeds" if self.feature is Feature.IMAGE_EMBEDS else "hidden states"
         if enc is not None:
             return f"a {enc.name} image encoder ({self.input_width}-wide {what}), e.g. {enc.file_hint}"
@@ -252,8 +305,13 @@ class Detected:
         title = self.variant.title if self.variant else f"unlisted {self.layout.value} adapter"
         per_ref = (f"{self.tokens} tokens per reference" if self.tokens
                    else "one token per encoder hidden state (257 per reference with ViT-H)")
+        if self.pulid:
+            per_ref = f"{self.tokens} identity tokens per face"
         parts = [f"{title} for {self.family}", per_ref]
-        if self.faceid:
+        if self.pulid:
+            parts.append(f"reads antelopev2 faces and {self.encoder.describe()} features (Likeness Face Embed with "
+                         "an id_encoder from Likeness ID Encoder Loader)")
+        elif self.faceid:
             pack = self.variant.face_pack if self.variant else "a face model pack"
             parts.append(f"identity embedding input from {pack} (use the FaceID nodes: Likeness Face Embed)")
         else:
@@ -276,25 +334,15 @@ def _shape(shapes: Mapping[str, Sequence[int]], key: str) -> tuple[int, ...] | N
     return None if s is None else tuple(int(d) for d in s)
 
 
-def detect(shapes: Mapping[str, Sequence[int]], source: str, dtypes: Mapping[str, str] | None = None,
-           path: str = "") -> Detected:
-    """Detect an adapter from `{"image_proj.<k>" | "ip_adapter.<k>": shape}`.
-
-    `source` names the file in messages. Where two published adapters share one layout, the tensors' `dtypes`
-    (safetensors names) and then the file's `path` (default: `source`) tell them apart (see `tell_apart`).
-    """
+def _kv_layers(shapes: Mapping[str, Sequence[int]], source: str):
+    """(layer ids, inner widths, context width) of the `ip_adapter.<n>.to_k_ip/to_v_ip` pairs, or None."""
     kv: dict[int, dict[str, tuple[int, ...]]] = {}
     for key, shape in shapes.items():
         m = _KV_KEY.match(key)
         if m:
             kv.setdefault(int(m.group(1)), {})[m.group(2)] = tuple(int(d) for d in shape)
-    proj_keys = sorted(k for k in shapes if k.startswith("image_proj."))
-    if not kv or not proj_keys:
-        found = ", ".join(sorted({k.split(".")[0] for k in shapes})[:6]) or "no tensors"
-        raise AdapterFileError(
-            f"`{source}` is not an IP-Adapter file: expected tensor groups `image_proj.*` and "
-            f"`ip_adapter.<n>.to_k_ip.weight`, found {found} ({len(shapes)} tensors). "
-            "Put IP-Adapter files (e.g. ip-adapter_sd15.safetensors from h94/IP-Adapter) in models/ipadapter.")
+    if not kv:
+        return None
     layer_ids = tuple(sorted(kv))
     widths, contexts = [], set()
     for i in layer_ids:
@@ -307,7 +355,28 @@ def detect(shapes: Mapping[str, Sequence[int]], source: str, dtypes: Mapping[str
         contexts.add(pair["k"][1])
     if len(contexts) != 1:
         raise AdapterFileError(f"`{source}`: to_k_ip weights disagree on the context width ({sorted(contexts)}).")
-    context = contexts.pop()
+    return layer_ids, tuple(widths), contexts.pop()
+
+
+def detect(shapes: Mapping[str, Sequence[int]], source: str, dtypes: Mapping[str, str] | None = None,
+           path: str = "") -> Detected:
+    """Detect an adapter from `{"image_proj.<k>" | "ip_adapter.<k>" | "pulid_ca.<k>": shape}`.
+
+    `source` names the file in messages. Where two published adapters share one layout, the tensors' `dtypes`
+    (safetensors names) and then the file's `path` (default: `source`) tell them apart (see `tell_apart`).
+    """
+    if is_pulid(shapes):
+        return _detect_pulid(shapes, source)
+    layers = _kv_layers(shapes, source)
+    proj_keys = sorted(k for k in shapes if k.startswith("image_proj."))
+    if not layers or not proj_keys:
+        found = ", ".join(sorted({k.split(".")[0] for k in shapes})[:6]) or "no tensors"
+        raise AdapterFileError(
+            f"`{source}` is not an IP-Adapter or PuLID file: expected tensor groups `image_proj.*` and "
+            f"`ip_adapter.<n>.to_k_ip.weight` (PuLID: `id_adapter.*`, or `pulid_encoder.*` and `pulid_ca.<n>.*`), "
+            f"found {found} ({len(shapes)} tensors). Put IP-Adapter files (e.g. ip-adapter_sd15.safetensors from "
+            "h94/IP-Adapter) in models/ipadapter and PuLID files in models/pulid.")
+    layer_ids, widths, context = layers
     has_lora = any(".to_q_lora." in k for k in shapes)
 
     def s(k):
@@ -354,10 +423,10 @@ def detect(shapes: Mapping[str, Sequence[int]], source: str, dtypes: Mapping[str
     rows = [v for v in VARIANTS if v.layout is layout and v.family == fam and v.input_width == input_width
             and v.tokens == tokens_for_match and v.feature is feature]
     if len(rows) < 2:
-        return Detected(layout, feature, input_width, context, tokens, layer_ids, tuple(widths), has_lora,
+        return Detected(layout, feature, input_width, context, tokens, layer_ids, widths, has_lora,
                         rows[0] if rows else None)
     variant, reason = tell_apart(rows, group_dtypes(dtypes), path or source)
-    return Detected(layout, feature, input_width, context, tokens, layer_ids, tuple(widths), has_lora, variant,
+    return Detected(layout, feature, input_width, context, tokens, layer_ids, widths, has_lora, variant,
                     tuple(v for v in rows if v is not variant), reason)
 
 
@@ -396,6 +465,77 @@ def tell_apart(rows: Sequence[Variant], stored: tuple[str, str] | None, path: st
     shown = f"{stored[0]}/{stored[1]}" if stored else "mixed or unknown"
     return rows[0], (f"neither its precision ({shown}) nor its name tells; {rows[0].title} is the common one, "
                      "set the loader's variant to override")
+
+
+# ------------------------------------------------------------------ PuLID
+
+_CA_KEY = re.compile(r"^pulid_ca\.(\d+)\.to_q\.weight$")
+
+
+def is_pulid(shapes: Mapping[str, Sequence[int]]) -> bool:
+    """PuLID's encoders have parts no IP-Adapter has: an IDEncoder `body`, an IDFormer's identity mapping, or
+    PuLID-FLUX's cross-attention modules."""
+    return ("image_proj.body.0.weight" in shapes or "image_proj.id_embedding_mapping.0.weight" in shapes
+            or any(k.startswith("pulid_ca.") for k in shapes))
+
+
+def _detect_pulid(shapes: Mapping[str, Sequence[int]], source: str) -> Detected:
+    def s(k):
+        return _shape(shapes, "image_proj." + k)
+
+    def damaged(what: str) -> AdapterFileError:
+        return AdapterFileError(f"`{source}` looks like a PuLID file but {what}. It is damaged or of an unknown "
+                                "PuLID version; download it again (PuLID files: guozinan/PuLID on Hugging Face).")
+
+    if s("body.0.weight") is not None:
+        layout = Layout.PULID_ENCODER
+        needed = ("body.6.weight", "mapping_0.0.weight", "mapping_0.6.weight")
+        if any(s(k) is None for k in needed):
+            raise damaged("its IDEncoder lacks " + ", ".join(k for k in needed if s(k) is None))
+        input_width, out_width, vit_width = s("body.0.weight")[1], s("mapping_0.6.weight")[0], s("mapping_0.0.weight")[1]
+        tokens = s("body.6.weight")[0] // out_width + 5
+    elif s("id_embedding_mapping.0.weight") is not None:
+        layout = Layout.PULID_FORMER
+        needed = ("latents", "proj_out", "mapping_0.0.weight", "layers.0.0.to_q.weight")
+        if any(s(k) is None for k in needed):
+            raise damaged("its IDFormer lacks " + ", ".join(k for k in needed if s(k) is None))
+        input_width, out_width, vit_width = s("id_embedding_mapping.0.weight")[1], s("proj_out")[1], s("mapping_0.0.weight")[1]
+        tokens = s("latents")[1]
+    else:
+        raise damaged("it has no ID encoder (`id_adapter.*` or `pulid_encoder.*`)")
+
+    ca_ids = sorted(int(m.group(1)) for m in map(_CA_KEY.match, shapes) if m)
+    if ca_ids:
+        if layout is not Layout.PULID_FORMER:
+            raise damaged("it has PuLID-FLUX cross-attention modules next to a PuLID v1 encoder")
+        if ca_ids != list(range(len(ca_ids))):
+            raise damaged(f"its cross-attention modules are numbered {ca_ids[:4]}... instead of 0, 1, 2, ...")
+        dims, contexts = set(), set()
+        for i in ca_ids:
+            q, kv = _shape(shapes, f"pulid_ca.{i}.to_q.weight"), _shape(shapes, f"pulid_ca.{i}.to_kv.weight")
+            out = _shape(shapes, f"pulid_ca.{i}.to_out.weight")
+            if kv is None or out is None or kv[0] != 2 * q[0] or out != (q[1], q[0]):
+                raise damaged(f"its cross-attention module {i} has mismatched to_q/to_kv/to_out shapes")
+            dims.add(q[1])
+            contexts.add(kv[1])
+        if len(dims) != 1 or len(contexts) != 1:
+            raise damaged("its cross-attention modules disagree on their widths")
+        context, model_family = contexts.pop(), FLUX
+        layer_ids, widths = tuple(ca_ids), (dims.pop(),) * len(ca_ids)
+    else:
+        layers = _kv_layers(shapes, source)
+        if layers is None:
+            raise damaged("it has neither attention weights for SDXL (`id_adapter_attn_layers.*` / "
+                          "`ip_adapter.*`) nor PuLID-FLUX's `pulid_ca.*`")
+        layer_ids, widths, context = layers
+        model_family = ""
+    if out_width != context:
+        raise damaged(f"its encoder makes {out_width}-wide tokens but its attention reads {context}-wide ones")
+    family = model_family or family_name(context, len(layer_ids))
+    variant = next((v for v in VARIANTS if v.layout is layout and v.family == family and v.pulid
+                    and v.input_width == input_width and v.tokens == tokens), None)
+    return Detected(layout, Feature.PULID, input_width, context, tokens, layer_ids, widths, False, variant,
+                    model_family=model_family, vit_width=vit_width)
 
 
 def _projection_output_width(shapes, layout: Layout) -> int | None:

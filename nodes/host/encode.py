@@ -11,7 +11,8 @@ import comfy.model_management
 import comfy.utils
 
 from ..core.errors import InputError
-from ..core.references import EncoderInfo, References
+from ..core.checkpoint import all_finite
+from ..core.references import EncoderInfo, References, check_reference_count
 
 CROP_MODES = ("center", "pad", "squash")
 
@@ -28,6 +29,7 @@ def prepare_images(image: torch.Tensor, crop: str, sharpen: float, mask: torch.T
     if image.ndim != 4 or image.shape[0] == 0:
         raise InputError(f"image should be a non-empty IMAGE batch [batch, height, width, channels]; "
                          f"got shape {tuple(image.shape)}.")
+    check_reference_count(image.shape[0], "the image batch")
     if image.shape[-1] == 1:
         image = image.expand(-1, -1, -1, 3)
     image = image[..., :3].float()
@@ -76,6 +78,10 @@ def encode_references(clip_vision, image: torch.Tensor, crop: str = "center", sh
         hidden.append(out["penultimate_hidden_states"].float().cpu())
         bar.update(min(step, n - start))
     embeds_t, hidden_t = torch.cat(embeds), torch.cat(hidden)
+    if not (all_finite(embeds_t) and all_finite(hidden_t)):
+        raise InputError(f"the image encoder{f' `{source}`' if source else ''} gave NaN or infinite features for "
+                         "these images: its file is damaged, or the images hold NaN values. Load the encoder file "
+                         "again (download it again if this persists) and check the nodes that make the images.")
     encoder = EncoderInfo.from_widths(hidden_t.shape[-1], embeds_t.shape[-1], source)
     return References.from_images(encoder, embeds_t, hidden_t, empty_image_features(clip_vision), source)
 

@@ -27,7 +27,8 @@ import comfy.utils
 from ..core.errors import InputError
 from ..core.face import (ON_NO_FACE, DetectedFace, FaceModelError, NoFaceError, align_face, choose_face,
                          crops_to_image, normalise, to_bgr_uint8)
-from ..core.references import FaceIdentity, References
+from ..core.face_parsing import align_ffhq
+from ..core.references import FaceIdentity, References, check_reference_count
 from . import folders
 from .encode import encode_references
 
@@ -249,6 +250,8 @@ class FaceModel:
                     raise FaceModelError(
                         f"the detector {os.path.basename(self.detector_file)} of pack `{self.pack}` gives no facial "
                         "keypoints, which alignment needs. Use a keypoint detector such as det_10g.onnx (buffalo_l).")
+                if not (np.isfinite(bboxes).all() and np.isfinite(kpss).all()):
+                    raise self.damaged(self.detector_file, "face boxes or keypoints")
                 if size != DETECTION_SIZE:
                     log.info("Likeness: no face at %d px; found %d at %d px", DETECTION_SIZE, len(bboxes), size)
                 return [DetectedFace(b[:4].copy(), k.copy(), float(b[4])) for b, k in zip(bboxes, kpss)], size
@@ -257,11 +260,35 @@ class FaceModel:
     def embed(self, bgr: np.ndarray, kps: np.ndarray) -> np.ndarray:
         """The raw identity embedding of one face, from its own recogniser-sized crop (as insightface does it)."""
         crop = align_face(bgr, kps, self.recogniser_size)
-        return self.recogniser.get_feat(crop).reshape(-1)
+        embedding = self.recogniser.get_feat(crop).reshape(-1)
+        if not np.isfinite(embedding).all():
+            raise self.damaged(self.recogniser_file, "identity embeddings")
+        return embedding
+
+    def detector_is_damaged(self) -> bool:
+        """Whether the detector gives NaN or infinite outputs, which it reports as "no face" (every score fails the
+        threshold). Run on a seeded input, and only when a photo showed no face, so a working pack never pays."""
+        session = self.detector.session
+        first = session.get_inputs()[0]
+        shape = [d if isinstance(d, int) and d > 0 else (1 if i == 0 else DETECTION_SIZE)
+                 for i, d in enumerate(first.shape)]
+        probe = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        return not all(np.isfinite(np.asarray(out)).all() for out in session.run(None, {first.name: probe}))
+
+    def damaged(self, path: str, what: str) -> FaceModelError:
+        return FaceModelError(
+            f"`{os.path.basename(path)}` of face model pack `{self.pack}` gives NaN or infinite {what}: the file is "
+            f"damaged. Download the pack again ({self.directory}).")
 
 
 _cache: "weakref.WeakValueDictionary[tuple, FaceModel]" = weakref.WeakValueDictionary()
 _cache_lock = threading.Lock()
+
+
+def pack_files(pack: str) -> tuple[str, list[str]]:
+    """The folder of a listed pack and its .onnx files (FaceModelError when it is missing or empty)."""
+    folder = find_pack(pack)
+    return folder, _onnx_files(folder)
 
 
 def pack_fingerprint(pack: str) -> tuple:
@@ -334,22 +361,26 @@ def _no_face_message(i: int, bgr: np.ndarray, faces: list, select: str, index: i
 
 def embed_faces(face_model: FaceModel, image: torch.Tensor, select: str = "largest", index: int = 0,
                 on_no_face: str = "error", crop_size: int = 224, clip_vision=None,
-                clip_source: str = "") -> tuple[References, torch.Tensor, str]:
-    """A batch of photos -> one face reference per photo (identity + aligned crop, and the crop's CLIP features
-    when `clip_vision` is given), the crops as an IMAGE, and a one-line summary."""
+                clip_source: str = "", id_encoder=None) -> tuple[References, torch.Tensor, str]:
+    """A batch of photos -> one face reference per photo (identity + aligned crop, the crop's CLIP features when
+    `clip_vision` is given, PuLID's parsed-face features when `id_encoder` is), the crops as an IMAGE, and a
+    one-line summary."""
     if on_no_face not in ON_NO_FACE:
         raise InputError(f"on_no_face `{on_no_face}` is not one of: {', '.join(ON_NO_FACE)}.")
     if image.ndim != 4 or image.shape[0] == 0:
         raise InputError(f"image should be a non-empty IMAGE batch [batch, height, width, channels]; got shape "
                          f"{tuple(image.shape)}.")
     n = image.shape[0]
-    raws, crops, skipped, kpss = [], [], [], []
-    bar = comfy.utils.ProgressBar(n)
+    check_reference_count(n, "the image batch")
+    raws, crops, skipped, kpss, ffhq = [], [], [], [], []
+    bar = comfy.utils.ProgressBar(n if id_encoder is None else 2 * n)
     for i in range(n):
         bgr = to_bgr_uint8(image[i], i)
         faces, _ = face_model.detect(bgr)
         face = choose_face(faces, select, index)
         if face is None:
+            if not faces and face_model.detector_is_damaged():
+                raise face_model.damaged(face_model.detector_file, "detections")
             message = _no_face_message(i, bgr, faces, select, index, face_model.dynamic_detector)
             if on_no_face == "error":
                 raise NoFaceError(message)
@@ -359,6 +390,8 @@ def embed_faces(face_model: FaceModel, image: torch.Tensor, select: str = "large
             raws.append(face_model.embed(bgr, face.kps))
             crops.append(align_face(bgr, face.kps, crop_size))
             kpss.append(face.kps)
+            if id_encoder is not None:
+                ffhq.append(align_ffhq(bgr, face.kps))
         bar.update(1)
     if not raws:
         raise NoFaceError(
@@ -373,10 +406,17 @@ def embed_faces(face_model: FaceModel, image: torch.Tensor, select: str = "large
     features = None
     if clip_vision is not None:
         features = encode_references(clip_vision, crop_image, crop="center", source=clip_source).image
-    refs = References(image=features, face=identity)
+    parsed = None
+    if id_encoder is not None:
+        parsed, _ = id_encoder.parsed_face_features(ffhq, progress=bar.update)
+    refs = References(image=features, face=identity, parsed_face=parsed)
     summary = f"{len(raws)} face(s) from {n} image(s) with {face_model.pack} on {face_model.providers_used[0]}"
     if skipped:
         summary += f"; skipped image(s) without a face: {', '.join(map(str, skipped))}"
-    summary += (f"; {crop_size} px crops encoded with {features.encoder.name}" if features is not None
-                else "; no clip_vision connected, so these references suit FaceID and Portrait but not FaceID Plus")
+    if features is not None:
+        summary += f"; {crop_size} px crops encoded with {features.encoder.name}"
+    elif parsed is None:
+        summary += "; no clip_vision connected, so these references suit FaceID and Portrait but not FaceID Plus"
+    if parsed is not None:
+        summary += f"; PuLID parsed-face features from `{id_encoder.eva_name}`"
     return refs, crop_image, summary

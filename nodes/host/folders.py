@@ -9,6 +9,9 @@ import folder_paths
 from ..core.errors import AdapterFileError, InputError
 
 ADAPTER_EXTENSIONS = {".safetensors", ".bin"}
+# Adapter files are looked for in these model folders, in this order: IP-Adapter files in ipadapter, InstantID's
+# in instantid, PuLID's in pulid (and any of them in ipadapter, where some users keep them).
+ADAPTER_FOLDERS = ("ipadapter", "instantid", "pulid")
 
 
 def file_version(path: str) -> tuple:
@@ -28,13 +31,12 @@ def register_folder(name: str, extensions: set[str]) -> None:
     folder_paths.folder_names_and_paths[name] = (paths, set(extensions))
 
 
-ADAPTER_FOLDERS = ("ipadapter", "instantid")  # adapter loaders list both; InstantID's file usually sits in the latter
-
-
 def register_all() -> None:
     register_folder("ipadapter", ADAPTER_EXTENSIONS)
     register_folder("instantid", ADAPTER_EXTENSIONS)
+    register_folder("pulid", ADAPTER_EXTENSIONS)
     register_folder("insightface", {".onnx"})  # face model packs live in <folder>/models/<pack>/*.onnx
+    register_folder("facexlib", {".pth"})  # PuLID's face parsing (parsing_bisenet.pth), where other packs keep it
 
 
 def insightface_roots() -> list[str]:
@@ -55,21 +57,26 @@ def check_listed(name, listed, what: str, where: str) -> str:
                      "files, press R in ComfyUI to refresh the lists.")
 
 
+def _folder_files(folder: str) -> list[str]:
+    try:
+        return folder_paths.get_filename_list(folder)
+    except KeyError:  # not registered (a ComfyUI run without the pack's folders)
+        return []
+
+
 def adapter_files() -> list[str]:
-    """Adapter files of every adapter folder, each name once (an ipadapter file wins over an instantid one)."""
-    names: dict[str, None] = {}
-    for folder in ADAPTER_FOLDERS:
-        names.update(dict.fromkeys(folder_paths.get_filename_list(folder)))
-    return list(names)
+    """Adapter file names of every adapter folder (a name in two folders is listed once; the first folder wins)."""
+    return sorted({name for folder in ADAPTER_FOLDERS for name in _folder_files(folder)})
 
 
 def adapter_path(name: str) -> str:
-    check_listed(name, adapter_files(), "adapter", "the ipadapter and instantid folders")
+    check_listed(name, adapter_files(), "adapter", "the ipadapter, instantid and pulid folders")
     for folder in ADAPTER_FOLDERS:
-        path = folder_paths.get_full_path(folder, name)
+        path = folder_paths.get_full_path(folder, name) if name in _folder_files(folder) else None
         if path is not None:
             return path
     searched = ", ".join(p for folder in ADAPTER_FOLDERS for p in folder_paths.get_folder_paths(folder))
-    raise AdapterFileError(f"adapter `{name}` was not found in the adapter folders ({searched}). Put the file in "
-                           "models/ipadapter or models/instantid (or a folder listed under `ipadapter:` or "
-                           "`instantid:` in extra_model_paths.yaml) and refresh the page.")
+    raise AdapterFileError(f"adapter `{name}` was not found in the ipadapter, instantid and pulid folders "
+                           f"({searched}). Put IP-Adapter files in models/ipadapter, InstantID's in models/instantid "
+                           "and PuLID's in models/pulid (or folders listed under `ipadapter:` / `instantid:` / "
+                           "`pulid:` in extra_model_paths.yaml) and refresh the page.")

@@ -12,17 +12,22 @@ official `<adapter name>_lora.safetensors` in the loras folder.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 
 import comfy.lora
 import comfy.lora_convert
-import comfy.utils
 import folder_paths
 from comfy.ldm.modules.attention import SpatialTransformer
 
+from ..core import checkpoint
 from ..core.adapter import Adapter
 from ..core.errors import AdapterFileError, IncompatibleError
+from ..core.lora_fit import lora_family
+from ..core.variants import family_name
+from .folders import file_version
 from .sites import find_sites
 
 log = logging.getLogger(__name__)
@@ -70,6 +75,15 @@ def lora_targets(model) -> dict[str, str]:
     return targets
 
 
+def model_family(model) -> str:
+    sites = find_sites(model)
+    return family_name(sites[0].context_width, len(sites)) if sites else "a model without cross-attention"
+
+
+def _shapes(tensors: dict) -> dict:
+    return {k: tuple(v.shape) for k, v in tensors.items()}
+
+
 def adapter_lora_patches(model, adapter: Adapter) -> dict:
     """The adapter file's own LoRA tensors as ComfyUI weight patches for `model`."""
     targets = lora_targets(model)
@@ -77,20 +91,24 @@ def adapter_lora_patches(model, adapter: Adapter) -> dict:
     have = set(adapter.lora)
     if have != expected:
         missing, extra = sorted(expected - have), sorted(have - expected)
+        made_for = lora_family(_shapes(adapter.lora)) or "an unknown model"
         raise AdapterFileError(
             f"`{adapter.name}`: its FaceID LoRA does not cover this model's attention layers "
             f"({len(have)} LoRA tensors, {len(expected)} expected; "
             + (f"missing e.g. `{missing[0]}`" if missing else f"unexpected e.g. `{extra[0]}`")
-            + "). The file is damaged or made for another UNet layout.")
+            + f"). The LoRA in the file is for {made_for}; this MODEL is {model_family(model)}. The file is damaged "
+            "or made for another UNet layout: use the adapter published for this model.")
     state = model.model_state_dict(filter_prefix="diffusion_model.")
     for name, key in targets.items():
         w = state[key]
         up, down = adapter.lora[f"{name}_lora.up.weight"], adapter.lora[f"{name}_lora.down.weight"]
         if up.ndim != 2 or down.ndim != 2 or up.shape[0] != w.shape[0] or down.shape[1] != w.shape[1] \
                 or up.shape[1] != down.shape[0]:
+            made_for = lora_family(_shapes(adapter.lora)) or "another model"
             raise IncompatibleError(
                 f"`{adapter.name}`: LoRA `{name}` is {tuple(up.shape)} x {tuple(down.shape)} but the model's `{key}` "
-                f"is {tuple(w.shape)}. The adapter was made for a different UNet layout.")
+                f"is {tuple(w.shape)}. The adapter's LoRA is for {made_for}; this MODEL is {model_family(model)}. "
+                "Use the adapter published for this model.")
     return comfy.lora.load_lora(adapter.lora, targets, log_missing=False)
 
 
@@ -102,14 +120,52 @@ def find_lora_file(adapter: Adapter) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=2)
+def _lora_file(version: tuple) -> dict:
+    """A LoRA file's tensors, read and checked (corrupt, truncated, NaN/inf...) once per file version."""
+    return comfy.lora_convert.convert_lora(checkpoint.load_file(version[0]))
+
+
+def _patch_fits(patch, weight) -> bool:
+    """Whether a LoRA patch's up x down product has the shape of the weight it patches (other patch kinds are
+    ComfyUI's to check)."""
+    factors = getattr(patch, "weights", None)
+    if getattr(patch, "name", None) != "lora" or not factors or factors[3] is not None or factors[5] is not None:
+        return True
+    up, down = factors[0], factors[1]
+    return up.shape[0] == weight.shape[0] and math.prod(down.shape[1:]) == math.prod(weight.shape[1:])
+
+
+def lora_fit_problem(lora: dict, patches: dict, model) -> tuple[int, str] | None:
+    """(how many of the LoRA's weights do not fit `model`, an example), or None when every one has a weight of
+    its shape: ComfyUI would otherwise apply the ones that fit and only log the rest."""
+    used = set()
+    for patch in patches.values():
+        used.update(getattr(patch, "loaded_keys", ()))
+    unused = sorted(k for k in lora if k not in used and not k.endswith((".alpha", ".dora_scale")))
+    state = model.model_state_dict()
+    misshapen = sorted(key for key, patch in patches.items()
+                       if isinstance(key, str) and key in state and not _patch_fits(patch, state[key]))
+    if not unused and not misshapen:
+        return None
+    return len(unused) + len(misshapen), (unused or misshapen)[0]
+
+
 def _file_lora_patches(model, adapter: Adapter, path: str) -> dict:
-    lora = comfy.lora_convert.convert_lora(comfy.utils.load_torch_file(path, safe_load=True))
+    name = os.path.basename(path)
+    lora = _lora_file(file_version(path))
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     patches = comfy.lora.load_lora(lora, key_map, log_missing=False)
-    if not patches:
+    problem = lora_fit_problem(lora, patches, model) if patches else (len(lora), next(iter(lora), ""))
+    if problem:
+        bad, example = problem
+        made_for = lora_family(_shapes(lora)) or "another model"
+        fits = model_family(model)
         raise IncompatibleError(
-            f"LoRA `{os.path.basename(path)}` (for adapter `{adapter.name}`) matches no weight of this model: it is "
-            "for another base model. Use the LoRA published with this adapter.")
+            f"LoRA `{name}` (for adapter `{adapter.name}`) does not fit this MODEL: {bad} of its {len(lora)} tensors "
+            f"have no weight of their shape in it (e.g. `{example}`), so it would only be half applied. The LoRA is "
+            f"for {made_for}; this MODEL and the adapter are {fits}. Put the LoRA published with `{adapter.name}` in "
+            f"models/loras as `{expected_lora_file(adapter)}`, or set faceid_lora_strength to 0.")
     return patches
 
 
@@ -139,7 +195,8 @@ def apply_faceid_lora(model, adapter: Adapter, strength: float):
     patched = model.clone()
     applied = patched.add_patches(patches, strength)
     if len(applied) != len(patches):
-        raise IncompatibleError(f"{source}: only {len(applied)} of {len(patches)} LoRA weights exist in this model.")
+        raise IncompatibleError(f"{source}: only {len(applied)} of {len(patches)} LoRA weights exist in this MODEL, "
+                                f"which is {model_family(model)}; use the adapter and LoRA published for it.")
     patched.model_options[APPLIED] = {**already, adapter.name: strength}
     log.info("Likeness: FaceID LoRA from %s on %d weights at strength %s", source, len(applied), strength)
     return patched

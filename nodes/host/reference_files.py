@@ -12,6 +12,7 @@ import os
 import folder_paths
 
 from ..core.errors import InputError, ReferencesFileError
+from ..core.validation import name_problem
 from .folders import check_listed
 
 SUBFOLDER = "likeness"
@@ -67,6 +68,9 @@ def resolve_choice(choice: str) -> str:
 
 def new_file_path(filename_prefix: str) -> tuple[str, str]:
     """A fresh numbered path under output/likeness/ -> (full path, choice name as the loader lists it)."""
+    problem = name_problem("filename_prefix", filename_prefix, "file name")
+    if problem:
+        raise InputError(problem)
     root = os.path.abspath(output_folder())
     os.makedirs(root, exist_ok=True)
     filename_prefix = filename_prefix.strip() or "references"

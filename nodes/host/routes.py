@@ -1,11 +1,13 @@
 """Small read-only HTTP routes for the frontend extension (web/js/likeness.js).
 
 * `GET /likeness/weights?weight_type=...&weight=...&layout=sd15|sdxl`: the weight each cross-attention site
-  gets, computed by core.schedules.site_weights on the real SD1.5 / SDXL site layouts (built once on the meta
-  device), so the chart on Likeness Apply never re-implements the formulas.
+  gets, computed by core.schedules.site_weights on the real SD1.5 / SDXL site layouts (built once by ComfyUI from
+  its `comfy.supported_models` configs, on the meta device), so the chart on Likeness Apply never re-implements
+  the formulas.
 * `GET /likeness/adapter_info?name=...`: what an adapter file in models/ipadapter is, read from its
   safetensors header only (the same summary the loader shows after a run); `{"error": ...}` when the file is
-  missing or not an adapter.
+  missing, damaged or not an adapter. The answer for a name that is not listed is the same whatever the name,
+  so the route tells nothing about files outside the model folders.
 
 Registered on ComfyUI's server when there is one; importing this module never needs a server.
 """
@@ -13,7 +15,9 @@ Registered on ComfyUI's server when there is one; importing this module never ne
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import math
 
 from ..core.errors import LikenessError
 from ..core.schedules import WEIGHT_TYPES, site_weights
@@ -23,19 +27,34 @@ log = logging.getLogger(__name__)
 
 LAYOUTS = ("sd15", "sdxl")
 _MARK = "_likeness_routes_registered"
+_STRICT_JSON = functools.partial(json.dumps, allow_nan=False)  # browsers cannot parse NaN or Infinity
+
+# What ComfyUI's model detection reads from a checkpoint's keys rather than from `comfy.supported_models`:
+# the number of blocks and the transformer depths. Widths, context, heads and everything that tells one
+# family from another come from the supported-models config itself.
+_CHECKPOINT_STRUCTURE = {
+    "sd15": dict(num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+                 transformer_depth_middle=1, transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]),
+    "sdxl": dict(num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4], num_classes="sequential",
+                 transformer_depth_middle=10, transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10]),
+}
+_EVERY_UNET = dict(image_size=32, in_channels=4, out_channels=4, use_spatial_transformer=True, legacy=False)
 
 
-def _unet_config(layout: str) -> dict:
-    common = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, use_spatial_transformer=True,
-                  legacy=False, use_checkpoint=False, use_temporal_attention=False, use_temporal_resblock=False)
-    if layout == "sd15":
-        return dict(common, num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4], num_heads=8, context_dim=768,
-                    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_middle=1,
-                    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], use_linear_in_transformer=False)
-    return dict(common, num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4], num_head_channels=64, context_dim=2048,
-                num_classes="sequential", adm_in_channels=2816, transformer_depth=[0, 0, 2, 2, 10, 10],
-                transformer_depth_middle=10, transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
-                use_linear_in_transformer=True)
+def _model_config(layout: str):
+    """ComfyUI's own model config for the layout (`comfy.supported_models.SD15` / `SDXL`), as detection makes it
+    for an official checkpoint: the class's unet_config, its unet_extra_config, and the checkpoint structure."""
+    import torch
+
+    import comfy.supported_models
+
+    config_class = {"sd15": comfy.supported_models.SD15, "sdxl": comfy.supported_models.SDXL}[layout]
+    unet_config = {**_EVERY_UNET, **_CHECKPOINT_STRUCTURE[layout], **config_class.unet_config}
+    if not config_class.matches(unet_config):
+        raise LikenessError(f"ComfyUI's {config_class.__name__} config no longer matches the {layout} layout.")
+    model_config = config_class(unet_config)  # adds unet_extra_config (heads) as detection does
+    model_config.set_inference_dtype(torch.float32, None)
+    return model_config
 
 
 class _MetaModel:
@@ -51,24 +70,28 @@ class _MetaModel:
 
 @functools.lru_cache(maxsize=None)
 def layout_sites(layout: str) -> tuple:
-    """The cross-attention sites of a full-size SD1.5 or SDXL UNet (built on the meta device: no memory)."""
+    """The cross-attention sites of a full-size SD1.5 or SDXL UNet, built by ComfyUI from its supported-models
+    config on the meta device (no memory)."""
     import torch
-
-    import comfy.ops
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     from .sites import find_sites
 
-    unet = UNetModel(**_unet_config(layout), device=torch.device("meta"), operations=comfy.ops.disable_weight_init)
-    return tuple(find_sites(_MetaModel(unet)))
+    model = _model_config(layout).get_model({}, device=torch.device("meta"))
+    return tuple(find_sites(_MetaModel(model.diffusion_model)))
 
 
 def weights_table(layout: str, weight: float, weight_type: str) -> dict:
     """Per-site weights in execution order (input blocks, middle, output blocks), for the chart."""
     if layout not in LAYOUTS:
         raise LikenessError(f"layout must be one of {', '.join(LAYOUTS)}; got `{layout}`.")
+    if weight_type not in WEIGHT_TYPES:
+        raise LikenessError(f"weight_type `{weight_type}` is not one of: {', '.join(WEIGHT_TYPES)}.")
+    if not math.isfinite(weight):
+        raise LikenessError(f"weight must be a finite number; got `{weight}`.")
     sites = sorted(layout_sites(layout), key=lambda s: (s.transformer, s.index))
     weights = site_weights(sites, weight, weight_type)
+    if not all(math.isfinite(w) for w in weights.values()):
+        raise LikenessError(f"weight {weight:g} is too large to chart; use a value in the node's range.")
     return {
         "layout": layout, "weight": weight, "weight_type": weight_type, "transformers": sites[0].transformers,
         "sites": [{"block": s.block, "block_id": s.block_id, "index": s.index, "transformer": s.transformer,
@@ -96,36 +119,54 @@ def adapter_info(name: str) -> dict:
 
 
 def add_routes(routes) -> None:
-    """Adds the routes to an aiohttp RouteTableDef."""
+    """Adds the routes to an aiohttp RouteTableDef. Every answer is JSON with finite numbers: a bad query is a 400
+    with {"error": ...}, and anything else that fails is logged and answered with {"error": ...} for the node to
+    show, never a 500 or a traceback."""
     from aiohttp import web
 
+    def answer(payload: dict, status: int = 200):
+        return web.json_response(payload, status=status, dumps=_STRICT_JSON)
+
     def problem(status: int, message: str):
-        return web.json_response({"error": message}, status=status)
+        return answer({"error": message}, status)
+
+    def answers_json(what: str):
+        def wrap(handler):
+            @functools.wraps(handler)
+            async def guarded(request):
+                try:
+                    return await handler(request)
+                except Exception as e:  # an unexpected failure is the node's text, not an HTTP 500
+                    log.exception("Likeness: the %s route failed", what)
+                    return problem(200, f"Likeness could not compute the {what} ({type(e).__name__}); the "
+                                        "ComfyUI log has the details.")
+            return guarded
+        return wrap
 
     @routes.get("/likeness/weights")
+    @answers_json("weight chart")
     async def get_weights(request):
         q = request.rel_url.query
-        weight_type = q.get("weight_type", "linear")
-        if weight_type not in WEIGHT_TYPES:
-            return problem(400, f"weight_type `{weight_type}` is not one of: {', '.join(WEIGHT_TYPES)}.")
         try:
             weight = float(q.get("weight", "1.0"))
         except ValueError:
             return problem(400, f"weight must be a number; got `{q.get('weight')}`.")
         try:
-            return web.json_response(weights_table(q.get("layout", "sd15"), weight, weight_type))
+            return answer(weights_table(q.get("layout", "sd15"), weight, q.get("weight_type", "linear")))
         except LikenessError as e:
             return problem(400, str(e))
 
     @routes.get("/likeness/adapter_info")
+    @answers_json("adapter summary")
     async def get_adapter_info(request):
         # A file that is missing or is not an adapter is an answer for the node to show, not a failed request
         # (browsers log every 4xx as a console error): 200 with {"error": ...}.
         name = request.rel_url.query.get("name", "")
         if name not in folders.adapter_files():
-            return problem(200, f"adapter `{name}` is not in the ipadapter folders; press R to refresh the lists.")
+            return problem(200, "that adapter is not in the ipadapter folders; pick one from the list (press R to "
+                                "refresh the lists).")
         try:
-            return web.json_response(adapter_info(name))
+            return answer(adapter_info(name))
         except (LikenessError, OSError, ValueError) as e:
             return problem(200, str(e))
 
