@@ -10,18 +10,21 @@ from .core.apply import build_image_prompt
 from .core.attention import EMBEDS_SCALING
 from .core.pulid import PULID_METHODS
 from .core.references import project_references
-from .core.schedules import WEIGHT_TYPES, window_problem
+from .core.schedules import WEIGHT_TYPES, Boosts, parse_layer_weights, window_problem
+from .core.validation import parse_problem
 from .host.encode import encode_references
 from .host.lora import apply_faceid_lora
 from .host.patch import install, sigma_window
 from .host.pulid_patch import apply_pulid
-from .host.sites import find_sites
+from .host.sites import base_model, find_sites, text_projection
 
 
-def _weight_input():
+def _weight_input(per_frame: bool = False):
     return io.Float.Input("weight", default=1.0, min=-1.0, max=5.0, step=0.05,
                           tooltip="Strength of the image prompt. 0.5-1.0 is typical; above 1 can burn; negative "
-                                  "values push away from the reference.")
+                                  "values push away from the reference."
+                                  + (" A per-frame list (from Likeness Frame Weights) gives each latent its own "
+                                     "weight." if per_frame else ""))
 
 
 def _window_inputs():
@@ -35,14 +38,23 @@ def _window_inputs():
 
 
 def apply_tokens(model, adapter, tokens, weight, weight_type="linear", start_at=0.0, end_at=1.0,
-                 embeds_scaling="V only", attn_mask=None, faceid_lora_strength=1.0, pulid_method="fidelity"):
+                 embeds_scaling="V only", attn_mask=None, faceid_lora_strength=1.0, style_boost=1.0,
+                 composition_boost=0.0, layer_weights="", weight_kolors=1.0, unfold_batch=False,
+                 pulid_method="fidelity"):
     if adapter.detected.pulid:
         return apply_pulid(model, adapter, tokens, weight, weight_type, start_at, end_at, embeds_scaling, attn_mask,
-                           pulid_method)
+                           pulid_method, unfold_batch=unfold_batch, layer_weights=layer_weights,
+                           boosts=Boosts(style_boost=style_boost, composition_boost=composition_boost))
     sites = find_sites(model)
     sigma_start, sigma_end = sigma_window(model, start_at, end_at)
+    projection = text_projection(model) if sites else None
     prompt = build_image_prompt(adapter, tokens, sites, weight, weight_type, embeds_scaling, sigma_start, sigma_end,
-                                attn_mask, device=comfy.model_management.get_torch_device())
+                                attn_mask, device=comfy.model_management.get_torch_device(),
+                                boosts=Boosts(style_boost=style_boost, composition_boost=composition_boost),
+                                layer_weights=parse_layer_weights(layer_weights),
+                                base_model=base_model(model, sites) if sites else None,
+                                text_projection=projection, weight_kolors=weight_kolors,
+                                unfold_batch=unfold_batch)
     return apply_faceid_lora(install(model, prompt, sites), adapter, faceid_lora_strength)
 
 
@@ -60,7 +72,7 @@ class LikenessApply(LikenessNode):
                 io.Model.Input("model", tooltip="An SD1.5 or SDXL model (or a fine-tune) matching the adapter."),
                 types.Adapter.Input("adapter", tooltip="The same adapter that made the tokens."),
                 types.Tokens.Input("tokens", tooltip="From Likeness Project."),
-                _weight_input(),
+                _weight_input(per_frame=True),
                 io.Combo.Input("weight_type", options=list(WEIGHT_TYPES), default="linear",
                                tooltip="How the weight is spread over the UNet's layers. style transfer and "
                                        "composition act only on the layers that carry look or layout. See the "
@@ -78,6 +90,29 @@ class LikenessApply(LikenessNode):
                                        "in models/loras). 1.0 is how it was trained; lower it (e.g. 0.6) to give "
                                        "the text prompt more say. 0 skips it, e.g. when you load the LoRA yourself. "
                                        "It acts on the whole run, unlike the mask and start/end."),
+                io.Float.Input("style_boost", default=1.0, min=-5.0, max=5.0, step=0.05, optional=True,
+                               tooltip="style transfer precise only: the weight at the layout (composition) "
+                                       "layers, where the sides are swapped so the picture moves away from the "
+                                       "reference's layout. Not scaled by weight."),
+                io.Float.Input("composition_boost", default=0.0, min=-5.0, max=5.0, step=0.05, optional=True,
+                               tooltip="composition precise only: the weight at the style layers (a tenth of it at "
+                                       "the other non-layout layers), with the sides swapped there so the picture "
+                                       "moves away from the reference's look. 0 keeps only the layout."),
+                io.String.Input("layer_weights", default="", multiline=False, optional=True,
+                                placeholder="e.g. 3:1.0, 6:0.5 (empty: use weight_type)",
+                                tooltip="Optional per-layer weights `index:multiplier, ...` over the spatial "
+                                        "transformers (SDXL 0-10, SD1.5 0-15; the help page lists them). Replaces "
+                                        "weight_type's spread: transformer t gets weight x its multiplier, unlisted "
+                                        "ones get nothing. A precise weight type keeps its side swap."),
+                io.Boolean.Input("unfold_batch", default=False, optional=True,
+                                 tooltip="For animation: reference i drives latent i (frame i) instead of every "
+                                         "latent seeing all references; the last reference repeats for the "
+                                         "remaining frames. Works with AnimateDiff context windows. Connect a "
+                                         "per-frame weight list (Likeness Frame Weights) to weight for a weight per "
+                                         "frame."),
+                io.Float.Input("weight_kolors", default=1.0, min=-1.0, max=5.0, step=0.05, optional=True,
+                               tooltip="Kolors FaceID Plus only: scales the Kolors UNet's text projection that "
+                                       "maps the face tokens into the attention (1.0 as trained)."),
                 io.Combo.Input("pulid_method", options=list(PULID_METHODS), default="fidelity", optional=True,
                                tooltip="PuLID for SDXL only: how the identity joins the text at each layer. fidelity "
                                        "(the reference default) removes the part that repeats the text, less where "
@@ -89,14 +124,17 @@ class LikenessApply(LikenessNode):
         )
 
     @classmethod
-    def check_inputs(cls, start_at=None, end_at=None, **_):
-        return window_problem(start_at, end_at)
+    def check_inputs(cls, start_at=None, end_at=None, layer_weights=None, **_):
+        return parse_problem(parse_layer_weights, layer_weights) or window_problem(start_at, end_at)
 
     @classmethod
     def execute(cls, model, adapter, tokens, weight, weight_type, start_at, end_at, embeds_scaling,
-                attn_mask=None, faceid_lora_strength=1.0, pulid_method="fidelity") -> io.NodeOutput:
+                attn_mask=None, faceid_lora_strength=1.0, style_boost=1.0, composition_boost=0.0, layer_weights="",
+                unfold_batch=False, weight_kolors=1.0, pulid_method="fidelity") -> io.NodeOutput:
         return io.NodeOutput(apply_tokens(model, adapter, tokens, weight, weight_type, start_at, end_at,
-                                          embeds_scaling, attn_mask, faceid_lora_strength, pulid_method))
+                                          embeds_scaling, attn_mask, faceid_lora_strength, style_boost,
+                                          composition_boost, layer_weights or "", weight_kolors, unfold_batch,
+                                          pulid_method))
 
 
 class LikenessApplySimple(LikenessNode):

@@ -38,8 +38,9 @@ def report(prompt: dict | None = None) -> str:
     rows = availability([(e.name, e.found) for e in adapters if isinstance(e.found, Detected)],
                         [e.found for e in encoders if isinstance(e.found, Encoder)],
                         [e.name for e in loras if e.usable], usable_packs, [e.name for e in identitynets])
-    for family in ("SD1.5", "SDXL"):
-        lines += ["", f"Presets for {family}:"]
+    for family in ("SD1.5", "SDXL", "Kolors"):
+        lines += ["", f"Presets for {family}:" + (" (a Kolors MODEL comes from a Kolors loader pack)"
+                                                  if family == "Kolors" else "")]
         lines += [f"  {'OK ' if r.usable else '-- '} {r.preset:<24} {r.detail}" for r in rows if r.family == family]
     lines += ["", "PuLID:"] + pulid_lines(adapters, encoders, catalog.face_parsing_files(), usable_packs)
     lines += [""] + edit_models_section(prompt)

@@ -16,11 +16,14 @@ from .edit.reference_pack import LikenessReferencePack  # noqa: E402
 from .encode import LikenessImageEncode  # noqa: E402
 from .face import LikenessFaceEmbed, LikenessFaceModelLoader  # noqa: E402
 from .instantid import LikenessFaceKeypoints, LikenessInstantID, LikenessInstantIDControl  # noqa: E402
+from .frames import LikenessFrameWeights  # noqa: E402
+from .images import LikenessNoiseImage, LikenessPrepImage  # noqa: E402
 from .loaders import LikenessAdapterLoader  # noqa: E402
 from .merge import LikenessMergeReferences  # noqa: E402
 from .project import LikenessProject  # noqa: E402
 from .pulid import LikenessIDEncoderLoader, LikenessPuLID  # noqa: E402
 from .references_io import LikenessLoadReferences, LikenessSaveReferences  # noqa: E402
+from .tiled import LikenessApplyTiled  # noqa: E402
 from .unified import LikenessModelDoctor, LikenessUnifiedLoader  # noqa: E402
 
 NODES = [
@@ -30,6 +33,7 @@ NODES = [
     LikenessReferencePack, LikenessReferenceLatents, LikenessQwenEditEncode,
     LikenessFaceKeypoints, LikenessInstantIDControl, LikenessInstantID,
     LikenessIdentityScore, LikenessSubjectScore, LikenessIDEncoderLoader, LikenessPuLID,
+    LikenessPrepImage, LikenessNoiseImage, LikenessApplyTiled, LikenessFrameWeights,
 ]
 
 

@@ -77,7 +77,8 @@ class LikenessFaceEmbed(LikenessNode):
                 io.Combo.Input("crop_size", options=[str(s) for s in CROP_SIZES], default="224",
                                tooltip="Size of the aligned face crop that clip_vision sees (and the crops "
                                        "output). 224 is what the FaceID Plus models were trained on; 256 keeps "
-                                       "more margin around the face."),
+                                       "more margin around the face; 336 is for Kolors FaceID Plus, whose "
+                                       "ViT-L/14-336 encoder reads 336 px."),
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="Needed by FaceID Plus and Plus v2: the ViT-H image encoder "
                                             "(CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors). Not used by FaceID "

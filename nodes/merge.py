@@ -8,8 +8,8 @@ import logging
 from .host.api import LikenessNode, io, ui
 
 from . import types
-from .core.errors import LikenessError
 from .core.merge import MERGE_MODES, gather, merge_references, parse_weights
+from .core.validation import parse_problem
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class LikenessMergeReferences(LikenessNode):
             category=types.CATEGORY,
             description="Merges several references of one subject: keeps them all side by side (concat) or "
                         "combines their features into one reference (average, weighted average, norm average, "
-                        "subtract, max, min). Can drop references that do not look like the others.",
+                        "norm average (per element), add, subtract, max, min). Can drop references that do not look like the others.",
             inputs=[
                 *slots,
                 io.Combo.Input("mode", options=list(MERGE_MODES), default="concat",
@@ -44,7 +44,7 @@ class LikenessMergeReferences(LikenessNode):
                 io.String.Input("weights", default="", multiline=False, placeholder="1, 1, 0.5",
                                 tooltip="Optional: one number per reference in input order (each image of a batch "
                                         "counts). 0 drops a reference. Fractional weights are used by weighted "
-                                        "average, norm average and subtract. Empty: all 1."),
+                                        "average, norm average, add and subtract. Empty: all 1."),
                 io.Boolean.Input("drop_outliers", default=False,
                                  tooltip="Drop references whose identity (faces) or image embedding is far from the "
                                          "mean of the others. Needs at least 3 references."),
@@ -58,12 +58,7 @@ class LikenessMergeReferences(LikenessNode):
 
     @classmethod
     def check_inputs(cls, weights=None, **_):
-        if isinstance(weights, str):
-            try:
-                parse_weights(weights)
-            except LikenessError as e:
-                return str(e)
-        return None
+        return parse_problem(parse_weights, weights)
 
     @classmethod
     def execute(cls, mode, weights="", drop_outliers=False, outlier_threshold=0.3, **references) -> io.NodeOutput:

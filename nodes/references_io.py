@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from .host.api import LikenessNode, io, ui
 
 from . import types
 from .core.errors import LikenessError
-from .core.references_io import describe, load_references, save_references
+from .core.references import EncoderInfo
+from .core.references_io import (describe, load_references, read_leading_pack_embeds, references_from_leading_pack,
+                                 save_references)
 from .core.validation import name_problem
 from .host import folders, reference_files
+from .host.encode import empty_image_features
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +61,16 @@ class LikenessLoadReferences(LikenessNode):
             description="Loads references saved by Likeness Save References, from output/likeness/ (marked "
                         "[output]) or from the input folder. The file is checked against its metadata.",
             inputs=[io.Combo.Input("references_file", options=reference_files.reference_choices(),
-                                   tooltip="A .safetensors references file from input/ or output/likeness/.")],
+                                   tooltip="A .safetensors references file from input/ or output/likeness/, or saved "
+                                           "embeds (.ipadpt) of the ComfyUI_IPAdapter_plus pack from input/."),
+                    io.ClipVision.Input("clip_vision", optional=True,
+                                        tooltip=".ipadpt files only: the encoder that made them. It supplies the "
+                                                "default negative of plus adapters and checks the widths.")],
             outputs=[types.References.Output(display_name="references")],
         )
 
     @classmethod
-    def fingerprint_inputs(cls, references_file):
+    def fingerprint_inputs(cls, references_file, **_):
         try:
             path = reference_files.resolve_choice(references_file)
         except (LikenessError, OSError):  # execute reports it
@@ -70,6 +78,23 @@ class LikenessLoadReferences(LikenessNode):
         return (references_file, *folders.file_version(path))
 
     @classmethod
-    def execute(cls, references_file) -> io.NodeOutput:
-        refs = load_references(reference_files.resolve_choice(references_file))
+    def execute(cls, references_file, clip_vision=None) -> io.NodeOutput:
+        path = reference_files.resolve_choice(references_file)
+        if path.lower().endswith(reference_files.LEADING_PACK_EXTENSION):
+            refs = load_leading_pack_file(path, clip_vision)
+            text = (f"{describe(refs)}\nfrom another pack's saved embeds: only "
+                    f"{'image embeds' if 'penultimate' in refs.image.missing else 'hidden states'}")
+            return io.NodeOutput(refs, ui=ui.PreviewText(text))
+        refs = load_references(path)
         return io.NodeOutput(refs, ui=ui.PreviewText(describe(refs)))
+
+
+def load_leading_pack_file(path: str, clip_vision=None):
+    embeds = read_leading_pack_embeds(path)
+    encoder = empty = None
+    if clip_vision is not None:
+        empty = empty_image_features(clip_vision)
+        projection = getattr(getattr(clip_vision, "model", None), "visual_projection", None)
+        embed_width = getattr(projection, "out_features", None) or empty.shape[-1]
+        encoder = EncoderInfo.from_widths(empty.shape[-1], int(embed_width))
+    return references_from_leading_pack(embeds, os.path.basename(path), encoder, empty)

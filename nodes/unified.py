@@ -12,13 +12,13 @@ from .host.api import LikenessNode, io, ui
 from . import types
 from .core.errors import IncompatibleError
 from .core.presets import PRESETS, MissingModelError, choice_for, missing_message, rank_adapters
-from .core.variants import Detected, Encoder, family_name
+from .core.variants import KOLORS, Detected, Encoder
 from .doctor import report
 from .face import pack_options
 from .host import catalog, folders
-from .host.face import KNOWN_PACKS, load_face_model
+from .host.face import KNOWN_PACKS, PROVIDER_CHOICES, load_face_model
 from .host.lora import apply_faceid_lora
-from .host.sites import find_sites
+from .host.sites import base_model, find_sites
 from .loaders import cached_adapter
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,8 @@ def model_family(model) -> str:
     if not sites:
         raise IncompatibleError("the MODEL has no UNet cross-attention sites: the unified loader serves SD1.5 and "
                                 "SDXL models (and their fine-tunes).")
-    family = family_name(sites[0].context_width, len(sites))
-    if family not in ("SD1.5", "SDXL"):
+    family = base_model(model, sites)
+    if family not in ("SD1.5", "SDXL", KOLORS):
         raise IncompatibleError(f"the MODEL is {family}; the unified loader's presets are for SD1.5 and SDXL. Use "
                                 "Likeness Adapter Loader with a matching adapter instead.")
     return family
@@ -53,8 +53,7 @@ def choose_adapter(preset: str, family: str) -> catalog.Entry:
 
 def choose_encoder(needed: Encoder) -> catalog.Entry:
     entries = catalog.encoders()
-    fitting = [e for e in entries if isinstance(e.found, Encoder) and e.found.hidden_width == needed.hidden_width
-               and e.found.embed_width == needed.embed_width]
+    fitting = [e for e in entries if isinstance(e.found, Encoder) and e.found.same_as(needed)]
     if not fitting:
         found = [f"{e.name} ({e.describe()})" for e in entries]
         raise MissingModelError(missing_message(f"A {needed.name} image encoder", needed.file_hint,
@@ -114,7 +113,8 @@ class LikenessUnifiedLoader(LikenessNode):
                 io.Combo.Input("preset", options=list(PRESETS), default="STANDARD",
                                tooltip="LIGHT/STANDARD: gentle; PLUS: strong; PLUS FACE/FULL FACE: portraits; "
                                        "FACEID*: identity from a face photo (needs insightface); INSTANTID (SDXL): "
-                                       "identity plus face pose, with antelopev2 and the IdentityNet ControlNet."),
+                                       "identity plus face pose, with antelopev2 and the IdentityNet ControlNet; "
+                                       "KOLORS: a Kolors model (from a Kolors loader pack)."),
                 io.Float.Input("faceid_lora_strength", default=0.6, min=0.0, max=2.0, step=0.05,
                                tooltip="FaceID presets: strength of the LoRA trained with the adapter, applied to "
                                        "the returned MODEL. 0.6 keeps the base model's style; 1.0 is the "
@@ -122,6 +122,9 @@ class LikenessUnifiedLoader(LikenessNode):
                 io.Combo.Input("face_model_pack", options=pack_options(), default="buffalo_l",
                                tooltip="FaceID presets: the insightface pack in models/insightface/models/. INSTANTID "
                                        "loads antelopev2 in place of buffalo_l."),
+                io.Combo.Input("provider", options=list(PROVIDER_CHOICES), default="auto", optional=True,
+                               tooltip="FaceID presets: where onnxruntime runs the face models. auto: the GPU "
+                                       "ComfyUI uses when this onnxruntime build supports it, else the CPU."),
             ],
             outputs=[io.Model.Output(display_name="model"), types.Adapter.Output(display_name="adapter"),
                      io.ClipVision.Output(display_name="clip_vision"),
@@ -132,7 +135,7 @@ class LikenessUnifiedLoader(LikenessNode):
         )
 
     @classmethod
-    def execute(cls, model, preset, faceid_lora_strength, face_model_pack) -> io.NodeOutput:
+    def execute(cls, model, preset, faceid_lora_strength, face_model_pack, provider="auto") -> io.NodeOutput:
         family = model_family(model)
         choice = choice_for(preset, family)
         entry = choose_adapter(preset, family)
@@ -145,9 +148,9 @@ class LikenessUnifiedLoader(LikenessNode):
                                                                    else "")
         if choice.face:
             pack, note = face_pack_for(choice, face_model_pack)
-            face_model = load_face_model(pack, "auto")
+            face_model = load_face_model(pack, provider)
             model = apply_faceid_lora(model, adapter, faceid_lora_strength)
-            text += f", face model {pack}{note}"
+            text += f", face model {pack}{note} on {' + '.join(face_model.providers_used)}"
         if choice.controlnet:
             found = catalog.identitynets()
             if found:

@@ -203,6 +203,10 @@ def official_shapes(name: str) -> dict:
         # InstantX/InstantID ip-adapter.bin: Resampler(dim=1280, depth=4, dim_head=64, heads=20, num_queries=16,
         # embedding_dim=512, output_dim=2048, ff_mult=4) and the 70 SDXL to_k_ip/to_v_ip pairs, all float32
         "ip-adapter.bin": (resampler_shapes(1280, 20, 16, 512, 2048), sdxl),
+        # Kwai-Kolors: a 2048-wide resampler with 12 heads over ViT-L/14-336 hidden states; FaceID Plus making
+        # 6 tokens 4096 wide (the ChatGLM space) whose K/V weights read the UNet's 2048-wide projection of them
+        "Kolors-IP-Adapter-Plus.bin": (resampler_shapes(2048, 12, 16, 1024, 2048), sdxl),
+        "Kolors-IP-Adapter-FaceID-Plus.bin": (faceid_plus_shapes(4096, clip=1024, t=6), sdxl),
     }
     proj, (widths, c), *lora = table[name]
     out = {"image_proj." + k: v for k, v in proj.items()}
@@ -226,6 +230,7 @@ OFFICIAL_FILES = [
 # InstantID's 1,691,134,141-byte file is 4 bytes a parameter; Portrait unnorm's 1.01 GB fits a float32 Resampler with
 # float16 attention weights.
 OFFICIAL_DTYPES = {"ip-adapter.bin": ("F32", "F32"), "ip-adapter-faceid-portrait_sdxl_unnorm.bin": ("F32", "F16")}
+KOLORS_FILES = ["Kolors-IP-Adapter-Plus.bin", "Kolors-IP-Adapter-FaceID-Plus.bin"]
 
 
 # ---------------------------------------------------------------- PuLID checkpoints (ToTheBeginning/PuLID layouts)

@@ -121,6 +121,9 @@ def test_workflows_load_and_run_in_the_browser(server, vue):
         if result["follows"]:  # after weight_type -> composition, weight -> 0.5: only the layout blocks, at 0.5
             assert "composition" in result["follows"]["text"] and "max 0.50" in result["follows"]["text"], result["follows"]
             assert int(result["follows"]["active"]) < 16, result["follows"]
+            layers = result["follows"]["layers"]  # layer_weights "0:1, 3:2" at weight 0.5: one site each on SD1.5
+            assert "layer weights" in layers["text"] and "max 1.00" in layers["text"], layers
+            assert int(layers["active"]) == 2, layers
         saved = result["saved"]  # what "Save" would write now: the shipped file must survive the round trip
         assert ([n.get("widgets_values", []) for n in saved["nodes"]]  # newer frontends omit empty lists
                 == [n.get("widgets_values", []) for n in workflow["nodes"]]), where
@@ -130,7 +133,7 @@ def test_workflows_load_and_run_in_the_browser(server, vue):
                 assert (node["chart"] or node["info"])["shown"], f"{where}: the panel is not visible on {node}"
             if node["type"] == "LikenessApply":
                 assert node["chart"] and node["chart"]["active"] not in (None, "0"), f"{where}: chart {node}"
-                assert node["chart"]["layout"] in ("sd15", "sdxl") and "guessed" not in node["chart"]["text"], node
+                assert node["chart"]["layout"] in ("sd15", "sdxl", "flux") and "guessed" not in node["chart"]["text"], node
             if node["type"] == "LikenessAdapterLoader":
                 assert node["info"] and node["info"]["family"] and "needs" in node["info"]["text"], f"{where}: {node}"
             if node["type"] in CHECKS:

@@ -82,6 +82,20 @@ def expected(mode, rows, w):
             direction += wi * r / n
             length += wi * n
         return direction / direction.norm(dim=-1, keepdim=True) * length / sum(w)
+    if mode == "norm average (per element)":  # the leading pack's formula: the norm runs across the references
+        norm = torch.zeros_like(rows[0])
+        for r in rows:
+            norm += r * r
+        norm = norm.sqrt()
+        total = torch.zeros_like(rows[0])
+        for r in rows:
+            total += r / norm
+        return total / k
+    if mode == "add":
+        total = torch.zeros_like(rows[0])
+        for r, wi in zip(rows, w):
+            total += wi * r
+        return total
     if mode == "subtract":
         rest = torch.zeros_like(rows[0])
         for r, wi in zip(rows[1:], w[1:]):
@@ -102,7 +116,8 @@ def expected(mode, rows, w):
 
 @pytest.mark.parametrize("mode,weights", [
     ("average", None), ("weighted average", (1.0, 0.5, 2.0, 0.25)), ("norm average", (1.0, 0.5, 2.0, 0.25)),
-    ("norm average", None), ("subtract", None), ("subtract", (1.5, 0.5, 1.0, 2.0)), ("max", None), ("min", None)])
+    ("norm average", None), ("subtract", None), ("subtract", (1.5, 0.5, 1.0, 2.0)), ("max", None), ("min", None),
+    ("norm average (per element)", None), ("add", None), ("add", (0.6, 1.5, -0.5, 0.25))])
 @pytest.mark.parametrize("kind", ["image", "face"])
 def test_each_mode_matches_its_formula(mode, weights, kind):
     refs = image_refs(4, seed=1) if kind == "image" else face_refs(4, seed=1)
@@ -117,6 +132,21 @@ def test_each_mode_matches_its_formula(mode, weights, kind):
     if kind == "image":
         assert merged.image.empty_penultimate is refs.image.empty_penultimate
         assert merged.image.encoder is refs.image.encoder
+
+
+def test_add_reproduces_the_leading_packs_encoder_weights_then_combine():
+    """Its Encoder `weight` scales each reference's features before combining: `add` with those weights is exact,
+    and its `average` of weighted encodes is `add` with the weights divided by the count."""
+    refs = image_refs(2, seed=5)
+    x = refs.image.penultimate
+    merged, _ = merge.merge_references(gathered(refs), "add", (0.6 / 2, 1.5 / 2))
+    torch.testing.assert_close(merged.image.penultimate[0], (0.6 * x[0] + 1.5 * x[1]) / 2)
+
+
+def test_per_element_norm_average_leaves_a_single_reference_alone():
+    refs = image_refs(1, seed=6)
+    merged, _ = merge.merge_references(gathered(refs), "norm average (per element)")
+    assert torch.equal(merged.image.penultimate, refs.image.penultimate)
 
 
 def test_concat_keeps_every_reference_in_input_order():

@@ -155,9 +155,11 @@ def test_pulid_files_are_found_in_pulid_ipadapter_and_extra_folders(adapter_fold
 
 def test_the_loader_panel_describes_pulid_files(adapter_folders):
     routes = pack("nodes.host.routes")
-    builders.save_safetensors(str(adapter_folders / "pulid" / "pulid_flux_tiny.safetensors"),
-                              builders.tiny_pulid_state("flux"))
+    state = builders.tiny_pulid_state("flux")
+    builders.save_safetensors(str(adapter_folders / "pulid" / "pulid_flux_tiny.safetensors"), state)
     folder_paths.filename_list_cache.clear()
     info = routes.adapter_info("pulid_flux_tiny.safetensors")
-    assert info["family"] == "FLUX" and info["layout"] is None and info["tokens"] == 8
+    modules = {key.split(".")[1] for key in state if key.startswith("pulid_ca.")}
+    assert info["family"] == "FLUX" and info["layout"] == "flux" and info["tokens"] == 8
+    assert info["modules"] == len(modules) > 1  # the chart on Likeness Apply counts them
     assert "Likeness ID Encoder Loader" in info["encoder_requirement"] and "antelopev2" in info["encoder_requirement"]

@@ -162,3 +162,24 @@ def test_faceid_preset_returns_face_model_and_the_lora_once(folders, tmp_path_fa
     assert len(patched.patches) == 16 * 2 * 4  # q, k, v, out of attn1 and attn2 at every site
     assert lora_mod.apply_faceid_lora(patched, adapter, 1.0) is patched  # Apply downstream does not double it
     assert not model.patches
+
+
+def test_faceid_plus_v1_preset_takes_the_v1_file(folders, tmp_path_factory):
+    """FACEID PLUS (v1) and FACEID PLUS V2 share one layout: the names pick, and the provider choice is passed on."""
+    import face_models as fm
+
+    shapes = builders.official_shapes("ip-adapter-faceid-plusv2_sd15.bin")
+    put(folders / "ipadapter", "ip-adapter-faceid-plusv2_sd15.safetensors", shapes)
+    with pytest.raises(presets.MissingModelError, match="ip-adapter-faceid-plus_sd15.bin"):
+        unified.choose_adapter("FACEID PLUS", "SD1.5")
+    put(folders / "ipadapter", "ip-adapter-faceid-plus_sd15.safetensors", shapes)
+    assert unified.choose_adapter("FACEID PLUS", "SD1.5").name == "ip-adapter-faceid-plus_sd15.safetensors"
+    assert unified.choose_adapter("FACEID PLUS V2", "SD1.5").name == "ip-adapter-faceid-plusv2_sd15.safetensors"
+    put(folders / "clip_vision", "h.safetensors", VIT_H)
+    model = builders.build_unet("sd15", tiny=False)
+    with fm.insightface_folder(tmp_path_factory):
+        out = unified.LikenessUnifiedLoader.execute(model, "FACEID PLUS", 0.6, fm.PACK, provider="CPU")
+    _, adapter, clip_vision, face_model = out.args
+    assert adapter.name == "ip-adapter-faceid-plus_sd15.safetensors" and clip_vision is not None
+    assert face_model.provider_choice == "CPU" and face_model.providers_used == ("CPUExecutionProvider",)
+    assert pack("nodes.core.face").plus_version_hint(adapter)[0] is False, "Project's auto reads v1 from the name"

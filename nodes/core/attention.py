@@ -189,6 +189,19 @@ def chunk_slice(chunks: tuple) -> tuple[int, int] | None:
     return (start, len(chunks)) if start + len(chunks) <= 3 else None
 
 
+def window_frames(extra: Mapping) -> tuple[int, ...] | None:
+    """The latents of the full batch that a call's rows are, under an animation's context window:
+    AnimateDiff-Evolved's `ad_params["sub_idxs"]`, or ComfyUI's own `context_window` over the batch axis. None
+    outside a window."""
+    ad = extra.get("ad_params")
+    sub = ad.get("sub_idxs") if isinstance(ad, Mapping) else None
+    if sub is None:
+        window = extra.get("context_window")
+        if window is not None and getattr(window, "dim", 0) == 0:
+            sub = getattr(window, "index_list", None)
+    return None if sub is None else tuple(int(i) for i in sub)
+
+
 class PlacedPrompt:
     """An ImagePrompt's K/V and mask on one device in one dtype, made before sampling; and what sampling derives
     from them once per run (a mask on each site's grid, K/V for an unusual cond/uncond order)."""
@@ -221,18 +234,20 @@ class PlacedPrompt:
         # A mask depends on the site's grid, which two latent shapes with the same token count do not share.
         grid = None if self.mask is None else token_grid(tokens, extra.get("activations_shape"),
                                                           extra.get("original_shape"))
-        hit = self.layouts.get((key, chunks, batch, tokens, grid))
+        # Under an animation's context windows the rows are those frames of the full batch: a batch of masks follows.
+        frames = None if self.mask is None or self.mask.shape[0] < 2 else window_frames(extra)
+        hit = self.layouts.get((key, chunks, batch, tokens, grid, frames))
         if hit is None:
             rows = tuple(1 if c == 1 else 0 for c in chunks)
             if batch % len(rows):
                 raise InputError(f"a batch of {batch} rows cannot be split into the {len(rows)} cond/uncond "
                                  "chunks.")
             k, v = self.for_chunks(key, rows, pause)
-            mask = None if self.mask is None else self.mask_for(key, batch // len(rows), tokens, extra, pause)
+            mask = None if self.mask is None else self.mask_for(key, batch // len(rows), tokens, extra, pause, frames)
             hit = (k, v, mask)
             if len(self.layouts) >= self.DERIVED_LIMIT:
                 self.layouts = {}
-            self.layouts[(key, chunks, batch, tokens, grid)] = hit
+            self.layouts[(key, chunks, batch, tokens, grid, frames)] = hit
         return hit
 
     def for_chunks(self, key: SiteKey, chunks: tuple, pause) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,15 +264,21 @@ class PlacedPrompt:
                 hit = self._remember(("chunks", key, chunks), (k.index_select(0, rows), v.index_select(0, rows)))
         return hit
 
-    def mask_for(self, key: SiteKey, per: int, tokens: int, extra: Mapping, pause) -> torch.Tensor:
-        """[1, per * tokens, 1]: latent i of every chunk uses mask i (the last one repeats), on this site's grid."""
+    def mask_for(self, key: SiteKey, per: int, tokens: int, extra: Mapping, pause,
+                 frames: tuple[int, ...] | None = None) -> torch.Tensor:
+        """[1, per * tokens, 1]: latent i of every chunk uses mask i (the last one repeats), on this site's grid;
+        under a context window (`frames`, the window's latents in the full batch) latent f uses mask f."""
         h, w = token_grid(tokens, extra.get("activations_shape"), extra.get("original_shape"))
-        cache_key = ("mask", key, per, tokens, h, w)
+        if frames is not None and len(frames) != per:
+            raise InputError(f"the context window lists {len(frames)} frames, but the cross-attention got {per} "
+                             "latents per cond/uncond chunk.")
+        cache_key = ("mask", key, per, tokens, h, w, frames)
         hit = self.derived.get(cache_key)
         if hit is None:
             with pause():
                 site_mask = resize_mask(self.mask, h, w, tokens)
-                rows = torch.arange(per, device=site_mask.device).clamp(max=site_mask.shape[0] - 1)
+                rows = (torch.arange(per) if frames is None else torch.tensor(frames)).to(site_mask.device)
+                rows = rows.clamp(max=site_mask.shape[0] - 1)
                 hit = self._remember(cache_key, (site_mask[rows].reshape(1, per * tokens, 1).to(self.dtype),))
         return hit[0]
 

@@ -23,7 +23,7 @@ from .adapter import Adapter
 from .errors import IncompatibleError, InputError, LikenessError
 from .references import (FaceIdentity, ImageFeatures, ImageTokens, References, match_count,
                          working_projection)
-from .variants import ENCODERS, Layout
+from .variants import ENCODERS, KOLORS, Layout
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class NoFaceError(InputError):
 
 SELECT_MODES = ("largest", "left to right", "right to left", "top to bottom", "most confident")
 ON_NO_FACE = ("error", "skip")
-CROP_SIZES = (224, 256)
+CROP_SIZES = (224, 256, 336)  # SD1.5, SDXL, Kolors (ViT-L/14-336)
 MIN_SIDE = 16  # below this there is nothing a face detector can use
 
 # Eyes, nose tip and mouth corners in a 112 x 112 ArcFace crop (the published insightface template).
@@ -180,6 +180,8 @@ def plus_version_hint(adapter: Adapter) -> tuple[bool, str]:
         return True, "the file name says plusv2"
     if adapter.detected.family == "SDXL":
         return True, "only a Plus v2 was published for SDXL"
+    if adapter.detected.family == KOLORS:
+        return True, "Kolors FaceID Plus uses the v2 shortcut"
     if "plusv1" in name or "plus" in name:
         return False, "the file name says plus without v2"
     return True, "the file name gives no hint; v2 is the current release"
@@ -207,7 +209,7 @@ def _faces_of(adapter: Adapter, refs: References, role: str) -> FaceIdentity:
 
 def _crop_features(adapter: Adapter, refs: References, role: str) -> ImageFeatures:
     width = adapter.projection.perceiver_resampler.proj_in.in_features
-    enc = next((e for e in ENCODERS if e.hidden_width == width), None)
+    enc = adapter.detected.encoder or next((e for e in ENCODERS if e.hidden_width == width), None)
     need = f"{enc.name} ({width}-wide hidden states), e.g. {enc.file_hint}" if enc else f"{width}-wide hidden states"
     if refs.image is None:
         raise IncompatibleError(
@@ -258,5 +260,5 @@ def project_faces(adapter: Adapter, refs: References, negative: References | Non
         cond, uncond = run(cond_id[:, None]), run(uncond_id[:, None])
     else:
         cond, uncond = run(cond_id), run(uncond_id)
-    return ImageTokens(adapter.name, det.context_width, cond.shape[1], cond, uncond,
+    return ImageTokens(adapter.name, det.tokens_width, cond.shape[1], cond, uncond,
                        det.variant.key if det.variant else "")

@@ -8,6 +8,10 @@ reference), and treats each field the same way. For K kept references x_1..x_K w
     average           (1/K) Σ x_i
     weighted average  Σ w_i x_i / Σ w_i
     norm average      normalize(Σ w_i u_i) · Σ w_i ‖x_i‖ / Σ w_i      with u_i = x_i / ‖x_i‖
+    norm average (per element)
+                      (1/K) Σ x_i / n   with n = sqrt(Σ_j x_j²) taken per element across the K references
+                      (the leading ComfyUI IP-Adapter pack's `norm average`; one reference is left as it is)
+    add               Σ w_i x_i
     subtract          w_1 x_1 − (1/(K−1)) Σ_{i≥2} w_i x_i
     max, min          element-wise max / min over the K rows
 
@@ -36,8 +40,9 @@ import torch.nn.functional as F
 from .errors import IncompatibleError, InputError
 from .references import FaceIdentity, References, check_reference_count
 
-MERGE_MODES = ("concat", "average", "weighted average", "norm average", "subtract", "max", "min")
-FRACTIONAL_WEIGHT_MODES = ("weighted average", "norm average", "subtract")
+MERGE_MODES = ("concat", "average", "weighted average", "norm average", "norm average (per element)", "add",
+               "subtract", "max", "min")
+FRACTIONAL_WEIGHT_MODES = ("weighted average", "norm average", "add", "subtract")
 MIN_REFERENCES_FOR_OUTLIERS = 3  # with two, each is the other's mean: nothing says which one is off
 _TINY = 1e-12
 
@@ -102,6 +107,11 @@ def _check_same_kind(first_name: str, first: References, name: str, refs: Refere
                 "same face model.")
     if first.image is not None:
         a, b = first.image, refs.image
+        if set(a.missing) != set(b.missing):
+            raise IncompatibleError(
+                f"cannot merge {first_name} and {name}: one of them was loaded from another pack's saved embeds, "
+                f"which hold only some of the features (missing: {', '.join(a.missing or b.missing)}). Encode those "
+                "images again with Likeness Image Encode, or merge only references of the same origin.")
         widths_differ = (a.encoder.hidden_width, a.encoder.embed_width) != (b.encoder.hidden_width,
                                                                              b.encoder.embed_width)
         if widths_differ or a.penultimate.shape[1:] != b.penultimate.shape[1:]:
@@ -209,6 +219,12 @@ def combine(x: torch.Tensor, mode: str, weights: torch.Tensor | None = None) -> 
         direction = (w * units).sum(dim=0, keepdim=True)
         direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(_TINY)
         return direction * ((w * norms).sum(dim=0, keepdim=True) / w.sum())
+    if mode == "norm average (per element)":
+        if k == 1:
+            return x
+        return (x / x.norm(dim=0, keepdim=True).clamp_min(_TINY)).mean(dim=0, keepdim=True)
+    if mode == "add":
+        return (w * x).sum(dim=0, keepdim=True)
     if mode == "subtract":
         if k < 2:
             raise InputError("subtract takes the first reference minus the others, but only one reference is left.")
@@ -228,8 +244,13 @@ def leave_one_out_similarity(vectors: torch.Tensor) -> torch.Tensor:
 
 
 def identity_vectors(refs: References) -> torch.Tensor:
-    """What outlier rejection compares: the identity embedding of face references, else the image embedding."""
-    return refs.face.normed if refs.face is not None else refs.image.image_embeds
+    """What outlier rejection compares: the identity embedding of face references, else the image embedding (the
+    token mean of the hidden states when only those were saved)."""
+    if refs.face is not None:
+        return refs.face.normed
+    if "image_embeds" in refs.image.missing:
+        return refs.image.penultimate.mean(dim=1)
+    return refs.image.image_embeds
 
 
 # ------------------------------------------------------------------ the merge

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import LikenessError
-from .variants import ENCODERS, VARIANTS, Detected, Encoder, variant_by_key
+from .variants import ENCODERS, KOLORS, VARIANTS, Detected, Encoder, encoder_named, variant_by_key
 
 
 class MissingModelError(LikenessError):
@@ -23,6 +23,7 @@ HF = "huggingface.co/h94/IP-Adapter"
 HF_FACEID = "huggingface.co/h94/IP-Adapter-FaceID"
 HF_COMPOSITION = "huggingface.co/ostris/ip-composition-adapter"
 HF_INSTANTID = "huggingface.co/InstantX/InstantID"
+HF_KOLORS = "huggingface.co/Kwai-Kolors/Kolors-IP-Adapter-Plus"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class Choice:
     @property
     def encoder(self) -> Encoder | None:
         v = next(v for v in VARIANTS if v.key == self.variant)
+        if v.encoder:
+            return encoder_named(v.encoder)
         if v.feature.value == "image_embeds":
             return next(e for e in ENCODERS if e.embed_width == v.input_width)
         if "penultimate" in v.feature.value:
@@ -81,6 +84,9 @@ PRESETS: dict[str, dict[str, Choice]] = {
                                lora="ip-adapter-faceid_sd15_lora.safetensors", face=True),
                "SDXL": Choice("sdxl-faceid", "ip-adapter-faceid_sdxl.bin", HF_FACEID,
                               lora="ip-adapter-faceid_sdxl_lora.safetensors", face=True)},
+    "FACEID PLUS": {"SD1.5": Choice("sd15-faceid-plus", "ip-adapter-faceid-plus_sd15.bin", HF_FACEID,
+                                    prefer=r"^(?!.*v2)", lora="ip-adapter-faceid-plus_sd15_lora.safetensors",
+                                    face=True)},
     "FACEID PLUS V2": {"SD1.5": Choice("sd15-faceid-plus", "ip-adapter-faceid-plusv2_sd15.bin", HF_FACEID,
                                        prefer=r"v2", lora="ip-adapter-faceid-plusv2_sd15_lora.safetensors",
                                        face=True),
@@ -93,6 +99,7 @@ PRESETS: dict[str, dict[str, Choice]] = {
     "FACEID PORTRAIT UNNORM": {"SDXL": Choice("sdxl-faceid-portrait-unnorm",
                                               "ip-adapter-faceid-portrait_sdxl_unnorm.bin", HF_FACEID, face=True)},
     "INSTANTID": {"SDXL": Choice("sdxl-instantid", "ip-adapter.bin", HF_INSTANTID, face=True)},
+    "KOLORS": {KOLORS: Choice("kolors-plus", "Kolors-IP-Adapter-Plus.bin", HF_KOLORS + " (ip_adapter_plus_general.bin)")},
 }
 
 
@@ -102,8 +109,13 @@ def choice_for(preset: str, family: str) -> Choice:
         raise LikenessError(f"preset `{preset}` is not one of: {', '.join(PRESETS)}.")
     if family not in table:
         have = ", ".join(table)
+        extra = ""
+        if KOLORS in table:
+            from .apply import NO_KOLORS_SUPPORT
+
+            extra = " " + NO_KOLORS_SUPPORT
         raise MissingModelError(f"preset {preset} exists only for {have}; the MODEL is {family}. "
-                                f"Pick another preset (e.g. STANDARD or PLUS).")
+                                f"Pick another preset (e.g. STANDARD or PLUS).{extra}")
     return table[family]
 
 
@@ -153,7 +165,7 @@ def availability(adapters: list[tuple[str, Detected]], encoders: list[Encoder], 
                 missing.append(f"{choice.file} ({choice.source}) -> {choice.folder}")
             enc = choice.encoder
             if enc is not None:
-                if any(e.hidden_width == enc.hidden_width and e.embed_width == enc.embed_width for e in encoders):
+                if any(e.same_as(enc) for e in encoders):
                     using.append(enc.name)
                 else:
                     missing.append(f"{enc.file_hint} -> models/clip_vision")

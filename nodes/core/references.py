@@ -61,6 +61,7 @@ class ImageFeatures:
     penultimate: torch.Tensor  # [N, S, hidden_width]
     empty_penultimate: torch.Tensor  # [1, S, hidden_width]: features of an all-zero normalised image
     source: str = ""  # encoder file name, for messages
+    missing: tuple[str, ...] = ()  # fields held as zeros because the source lacked them (another pack's files)
 
     @property
     def count(self) -> int:
@@ -186,9 +187,15 @@ def _image_features(adapter: Adapter, refs: References, role: str) -> ImageFeatu
             f"adapter `{adapter.name}` reads CLIP image features, but the {role} are face identities "
             "only. Encode the images with Likeness Image Encode.")
     if det.feature is Feature.IMAGE_EMBEDS:
-        have, kind = feats.encoder.embed_width, "image embeds"
+        have, kind, field = feats.encoder.embed_width, "image embeds", "image_embeds"
     else:
-        have, kind = feats.encoder.hidden_width, "hidden states"
+        have, kind, field = feats.encoder.hidden_width, "hidden states", "penultimate"
+    if field in feats.missing:
+        raise IncompatibleError(
+            f"adapter `{adapter.name}` reads CLIP {kind}, but the {role} hold none: they were loaded from saved "
+            f"embeds of another pack{f' (`{feats.source}`)' if feats.source else ''}, which keep only one kind of "
+            "feature. Encode the images again with Likeness Image Encode, or use an adapter that reads what the "
+            "file holds.")
     if have != det.input_width:
         src = f" (`{feats.source}`)" if feats.source else ""
         raise IncompatibleError(
@@ -248,9 +255,14 @@ def project_references(adapter: Adapter, refs: References, negative: References 
         uncond_in = torch.zeros_like(cond_in) if neg is None else match_count(neg.image_embeds, n)
     else:
         cond_in = feats.penultimate
+        if neg is None and "empty_penultimate" in feats.missing:
+            raise IncompatibleError(
+                f"the references (`{feats.source}`) come without the encoder's features of a blank image, the "
+                f"default negative of `{adapter.name}`. Connect the Load CLIP Vision that made them to clip_vision on "
+                "Likeness Load References, or give Likeness Project a negative.")
         uncond_in = match_count(feats.empty_penultimate if neg is None else neg.penultimate, n)
     proj = working_projection(adapter, device)
     cond = proj(cond_in.to(device, torch.float32)).float().cpu()
     uncond = proj(uncond_in.to(device, torch.float32)).float().cpu()
-    return ImageTokens(adapter.name, det.context_width, cond.shape[1], cond, uncond,
+    return ImageTokens(adapter.name, det.tokens_width, cond.shape[1], cond, uncond,
                        det.variant.key if det.variant else "")

@@ -28,10 +28,12 @@ from .checkpoint import all_finite, not_a_model
 from .errors import ReferencesFileError
 from .references import (MAX_REFERENCES, EncoderInfo, FaceIdentity, ImageFeatures, ParsedFaceFeatures, References,
                          reference_count_problem)
+from .variants import Feature, encoder_by_width
 
 FORMAT = "likeness.references"
 FORMAT_VERSION = 2  # 2 added each face's keypoints and photo size; files without them are still written as 1
 IMAGE_TENSORS = ("image.image_embeds", "image.penultimate", "image.empty_penultimate")
+IMAGE_TENSORS_BY_FIELD = {t.split(".", 1)[1]: t for t in IMAGE_TENSORS}
 FACE_TENSORS = ("face.normed", "face.raw")
 POSE_TENSORS = ("face.keypoints", "face.image_sizes")
 PARSED_FACE_TENSORS = ("parsed_face.embeds", "parsed_face.hidden")
@@ -61,6 +63,8 @@ def to_tensors_and_metadata(refs: References) -> tuple[dict[str, torch.Tensor], 
         meta.update({"image.encoder": f.encoder.name, "image.hidden_width": str(f.encoder.hidden_width),
                      "image.embed_width": str(f.encoder.embed_width), "image.tokens": str(f.penultimate.shape[1]),
                      "image.source": f.source})
+        if f.missing:
+            meta["image.missing"] = ",".join(f.missing)
     if refs.face is not None:
         tensors.update({"face.normed": refs.face.normed, "face.raw": refs.face.raw})
         meta.update({"face.model": refs.face.model, "face.width": str(refs.face.normed.shape[-1])})
@@ -186,8 +190,12 @@ def from_tensors_and_metadata(tensors: dict[str, torch.Tensor], meta: dict | Non
         _check_shape(name, "image.empty_penultimate", tensors["image.empty_penultimate"], (1, tokens, hidden),
                      f"{tokens} tokens, hidden width {hidden}")
         encoder = EncoderInfo(meta.get("image.encoder") or EncoderInfo.from_widths(hidden, embed).name, hidden, embed)
+        missing = tuple(m for m in meta.get("image.missing", "").split(",") if m)
+        if set(missing) - set(IMAGE_TENSORS_BY_FIELD):
+            raise ReferencesFileError(f"`{name}` is damaged: metadata `image.missing` names unknown features "
+                                      f"({meta.get('image.missing')!r}).")
         image = ImageFeatures(encoder, tensors["image.image_embeds"], tensors["image.penultimate"],
-                              tensors["image.empty_penultimate"], meta.get("image.source", ""))
+                              tensors["image.empty_penultimate"], meta.get("image.source", ""), missing)
     if "face" in parts:
         width = _int(meta, "face.width", name)
         model = meta.get("face.model", "")
@@ -265,3 +273,74 @@ def describe(refs: References) -> str:
         parts.append(f"PuLID parsed-face features from {refs.parsed_face.encoder}")
     return f"{refs.count} reference{'s' if refs.count != 1 else ''}: " + " and ".join(parts)
 
+
+
+# ---------------------------------------------------------------- the ComfyUI_IPAdapter_plus pack's saved embeds
+
+LEADING_PACK_TOKENS = 257  # hidden states per image of the 224 px encoders, when the file cannot say
+
+
+def read_leading_pack_embeds(path: str) -> torch.Tensor:
+    """The tensor in an `.ipadpt` file (the other pack's IPAdapter Save Embeds), read weights-only: a file that
+    holds anything but plain tensors is refused without running any of it."""
+    name = os.path.basename(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ReferencesFileError(f"`{name}` was not found ({path}).") from None
+    except Exception as e:  # weights-only refusals and damaged zips: say what the file is and what to do
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ReferencesFileError(
+            f"`{name}` could not be read as saved embeds ({first[:200]}). Likeness reads .ipadpt files only when they "
+            "hold a plain tensor, with weights-only loading, so they cannot run code. Encode the images again with "
+            "Likeness Image Encode and save them with Likeness Save References.") from None
+    if not isinstance(data, torch.Tensor):
+        raise ReferencesFileError(f"`{name}` holds a {type(data).__name__}, not the single tensor of saved embeds.")
+    if data.ndim not in (2, 3) or 0 in data.shape or not data.is_floating_point():
+        raise ReferencesFileError(
+            f"`{name}` holds a {data.dtype} tensor of shape {tuple(data.shape)}; saved embeds are [images, width] "
+            "(image embeds) or [images, tokens, width] (hidden states) of floating-point numbers.")
+    too_many = reference_count_problem(data.shape[0], f"`{name}`")
+    if too_many:
+        raise ReferencesFileError(too_many)
+    if not all_finite(data):
+        raise ReferencesFileError(f"`{name}` contains NaN or infinite values.")
+    return data.float()
+
+
+def references_from_leading_pack(embeds: torch.Tensor, name: str, encoder: EncoderInfo | None = None,
+                                 empty_penultimate: torch.Tensor | None = None) -> References:
+    """References from the other pack's saved embeds, which hold one kind of feature only: pooled image embeds
+    [N, E] (for its standard adapters) or hidden states [N, S, H] (plus adapters). The kind it lacks is kept as
+    zeros and marked missing, so an adapter that would read it stops with a message. `encoder` and
+    `empty_penultimate` come from the CLIP vision model that made them, when the user connects it."""
+    pooled = embeds.ndim == 2
+    width = embeds.shape[-1]
+    feature = Feature.IMAGE_EMBEDS if pooled else Feature.PENULTIMATE
+    if encoder is None:
+        known = encoder_by_width(width, feature)
+        if known is None:
+            raise ReferencesFileError(
+                f"`{name}` holds {width}-wide {'image embeds' if pooled else 'hidden states'}, which no encoder "
+                "Likeness knows gives. Connect the Load CLIP Vision that made them to clip_vision.")
+        encoder = EncoderInfo(known.name, known.hidden_width, known.embed_width)
+    have = encoder.embed_width if pooled else encoder.hidden_width
+    if have != width:
+        raise ReferencesFileError(
+            f"`{name}` holds {width}-wide {'image embeds' if pooled else 'hidden states'}, but the connected encoder "
+            f"{encoder.describe()} gives {have}-wide ones. Connect the encoder that made them.")
+    n = embeds.shape[0]
+    tokens = embeds.shape[1] if not pooled else (
+        empty_penultimate.shape[1] if empty_penultimate is not None else LEADING_PACK_TOKENS)
+    missing = ["penultimate"] if pooled else ["image_embeds"]
+    if empty_penultimate is None:
+        empty_penultimate = torch.zeros(1, tokens, encoder.hidden_width)
+        missing.append("empty_penultimate")
+    elif tuple(empty_penultimate.shape[1:]) != (tokens, encoder.hidden_width):
+        raise ReferencesFileError(
+            f"`{name}` holds hidden states of {tokens} tokens, but the connected encoder makes "
+            f"{empty_penultimate.shape[1]}: connect the encoder that made them.")
+    image_embeds = embeds if pooled else torch.zeros(n, encoder.embed_width)
+    penultimate = torch.zeros(n, tokens, encoder.hidden_width) if pooled else embeds
+    return References(image=ImageFeatures(encoder, image_embeds, penultimate, empty_penultimate.float(), name,
+                                          tuple(missing)))

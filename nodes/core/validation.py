@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from .errors import LikenessError
+
 MAX_STRING = 4096  # longest free-text widget value accepted (a prompt is far shorter; a name much shorter)
 MAX_NAME = 200  # longest file-name-like value (prefixes, sub-folders)
 _SHOWN_OPTIONS = 20  # longer option lists are summarised, as ComfyUI does
@@ -88,4 +90,15 @@ def name_problem(name: str, value: str, what: str = "name") -> str | None:
     if value.startswith(("/", "\\")) or (len(value) > 1 and value[1] == ":") or ".." in parts:
         return (f"`{name}` must stay inside its folder: no leading `/`, drive letter or `..`; got {value!r}. "
                 f"Use a plain {what} such as `alice` or `people/alice`.")
+    return None
+
+
+def parse_problem(parse, value) -> str | None:
+    """The message a text widget's parser raises for `value` (None when it parses, or when linked: not text)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parse(value)
+    except LikenessError as e:
+        return str(e)
     return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -46,15 +47,22 @@ class Encoder:
     hidden_width: int  # width of hidden states (penultimate)
     embed_width: int  # width of the projected image embedding
     file_hint: str  # the file users usually have in models/clip_vision
+    image_size: int = 224  # input side in pixels; two encoders of the same widths differ only by this
 
     def describe(self) -> str:
-        return f"{self.name} ({self.hidden_width}-wide hidden states, {self.embed_width}-wide image embeds)"
+        size = f", {self.image_size} px input" if self.image_size != 224 else ""
+        return f"{self.name} ({self.hidden_width}-wide hidden states, {self.embed_width}-wide image embeds{size})"
+
+    def same_as(self, other: "Encoder") -> bool:
+        return (self.hidden_width, self.embed_width, self.image_size) == (other.hidden_width, other.embed_width,
+                                                                          other.image_size)
 
 
 ENCODERS: tuple[Encoder, ...] = (
     Encoder("ViT-H/14", 1280, 1024, "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"),
     Encoder("ViT-bigG/14", 1664, 1280, "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors"),
     Encoder("ViT-L/14", 1024, 768, "clip-vit-large-patch14.safetensors"),
+    Encoder("ViT-L/14-336", 1024, 768, "clip-vit-large-patch14-336.bin", image_size=336),  # Kolors
 )
 
 
@@ -73,11 +81,16 @@ def encoder_by_width(width: int, feature: Feature) -> Encoder | None:
     return None
 
 
-def encoder_by_widths(hidden_width: int, embed_width: int) -> Encoder | None:
+def encoder_by_widths(hidden_width: int, embed_width: int, image_size: int | None = None) -> Encoder | None:
     for enc in ENCODERS:
-        if enc.hidden_width == hidden_width and enc.embed_width == embed_width:
+        if (enc.hidden_width == hidden_width and enc.embed_width == embed_width
+                and (image_size is None or enc.image_size == image_size)):
             return enc
     return None
+
+
+def encoder_named(name: str) -> Encoder:
+    return next(e for e in ENCODERS if e.name == name)
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,8 @@ FAMILIES: tuple[ModelFamily, ...] = (
     ModelFamily("SDXL", 2048, 70),
 )
 FLUX = "FLUX"  # a DiT: PuLID-FLUX files name it; it has no cross-attention sites
+KOLORS = "Kolors"  # an SDXL-layout UNet whose text context comes from ChatGLM through its own `encoder_hid_proj`
+UNET_LAYOUT = {"SD1.5": "SD1.5", "SDXL": "SDXL", KOLORS: "SDXL", FLUX: FLUX}  # which site layout each base model has
 
 
 def family_name(context_width: int, sites: int | None = None) -> str:
@@ -126,6 +141,9 @@ class Variant:
     # A ControlNet trained with the adapter (InstantID's IdentityNet): its published file name and where it is.
     controlnet_file: str = ""
     controlnet_source: str = ""
+    encoder: str = ""  # the encoder's name when the widths alone do not say (ViT-L/14 vs ViT-L/14-336)
+    inner_width: int = 0  # width inside a resampler, when it tells two families apart (0: any)
+    token_width: int = 0  # width of the tokens when it differs from the attention's context width (0: the same)
 
     @property
     def pulid(self) -> bool:
@@ -190,6 +208,15 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("flux-pulid", "PuLID-FLUX v0.9.0 / v0.9.1", Layout.PULID_FORMER, Feature.PULID, FLUX, 1280, 32,
             ("pulid_flux_v0.9.1.safetensors", "pulid_flux_v0.9.0.safetensors"), folder="pulid",
             note="v0.9.0 and v0.9.1 share one layout; they differ by training (v0.9.1 holds identity better)"),
+    # Kolors (Kwai-Kolors): an SDXL-layout UNet with a ChatGLM text encoder.
+    Variant("kolors-plus", "Kolors Plus", Layout.RESAMPLER, Feature.PENULTIMATE, KOLORS, 1024, 16,
+            ("Kolors-IP-Adapter-Plus.bin", "ip_adapter_plus_general.bin"), encoder="ViT-L/14-336", inner_width=2048,
+            note="needs a Kolors model; its resampler is 2048 wide where the SDXL plus adapters' is 1280"),
+    Variant("kolors-faceid-plus", "Kolors FaceID Plus", Layout.FACEID_PLUS, Feature.FACE_ID_AND_PENULTIMATE,
+            KOLORS, 512, 6, ("Kolors-IP-Adapter-FaceID-Plus.bin", "ipa-faceid-plus.bin"), faceid=True,
+            encoder="ViT-L/14-336", token_width=4096,
+            note="its 4096-wide tokens live in the ChatGLM text space: the Kolors UNet's encoder_hid_proj maps "
+                 "them to the attention's 2048 (scaled by weight_kolors); 336 px face crops, antelopev2 faces"),
 )
 
 # PuLID-FLUX inserts one cross-attention module after every 2nd double block and every 4th single block,
@@ -236,6 +263,8 @@ class Detected:
     reason: str = ""  # why `variant` was chosen among them
     model_family: str = ""  # set when the file names its model family (PuLID-FLUX)
     vit_width: int = 0  # PuLID: width of the EVA-CLIP hidden states its encoder reads
+    token_width: int = 0  # width of the projection's tokens; 0: the context width
+    inner_width: int = 0  # width inside a resampler (0: none)
 
     def as_variant(self, title: str) -> "Detected":
         """The same detection with `variant` set to the row titled `title`, which must share this layout."""
@@ -250,7 +279,22 @@ class Detected:
 
     @property
     def family(self) -> str:
-        return self.model_family or family_name(self.context_width, len(self.layer_ids))
+        if self.model_family:
+            return self.model_family
+        if self.variant is not None:
+            return self.variant.family
+        return family_name(self.context_width, len(self.layer_ids))
+
+    @property
+    def tokens_width(self) -> int:
+        """Width of the image tokens the projection makes (what Project outputs)."""
+        return self.token_width or self.context_width
+
+    @property
+    def needs_text_projection(self) -> bool:
+        """Its tokens live in the text encoder's space: the UNet's own `encoder_hid_proj` maps them to the
+        attention's context width first (Kolors FaceID)."""
+        return self.tokens_width != self.context_width
 
     @property
     def faceid(self) -> bool:
@@ -281,7 +325,9 @@ class Detected:
         if self.pulid:
             if (self.vit_width, self.eva_embed_width) == (EVA_CLIP.hidden_width, EVA_CLIP.embed_width):
                 return EVA_CLIP
-            return Encoder(f"an EVA-CLIP encoder", self.vit_width, self.eva_embed_width, EVA_CLIP.file_hint)
+            return Encoder("an EVA-CLIP encoder", self.vit_width, self.eva_embed_width, EVA_CLIP.file_hint)
+        if self.variant is not None and self.variant.encoder:
+            return encoder_named(self.variant.encoder)
         if self.feature is Feature.IMAGE_EMBEDS:
             return encoder_by_width(self.input_width, Feature.IMAGE_EMBEDS)
         if self.feature in (Feature.PENULTIMATE,):
@@ -409,7 +455,10 @@ def detect(shapes: Mapping[str, Sequence[int]], source: str, dtypes: Mapping[str
             "Likeness reads the h94 IP-Adapter and IP-Adapter-FaceID families for SD1.5 and SDXL.")
 
     out_width = _projection_output_width(shapes, layout)
-    if out_width is not None and out_width != context:
+    # Only FaceID Plus tokens may be wider than the context: Kolors FaceID makes them in the ChatGLM text space
+    # and the Kolors UNet's encoder_hid_proj maps them to the attention's width.
+    token_width = out_width if layout is Layout.FACEID_PLUS and out_width is not None and out_width > context else 0
+    if out_width is not None and out_width != context and not token_width:
         raise AdapterFileError(
             f"`{source}`: the projection makes {out_width}-wide tokens but the attention layers expect "
             f"{context}. The file mixes two adapters or is damaged.")
@@ -420,14 +469,17 @@ def detect(shapes: Mapping[str, Sequence[int]], source: str, dtypes: Mapping[str
     # Rows are matched on the UNet layout (its number of sites); the context width is the model's business and is
     # checked against it at Apply, so an adapter for a narrowed copy of a layout (the tests' tiny UNets) finds its row.
     fam = next((f.name for f in FAMILIES if f.sites == len(layer_ids)), None)
-    rows = [v for v in VARIANTS if v.layout is layout and v.family == fam and v.input_width == input_width
-            and v.tokens == tokens_for_match and v.feature is feature]
+    inner_width = s("latents")[2] if layout is Layout.RESAMPLER else 0
+    rows = [v for v in VARIANTS if v.layout is layout and UNET_LAYOUT.get(v.family) == fam
+            and v.input_width == input_width and v.tokens == tokens_for_match and v.feature is feature
+            and v.token_width == token_width and v.inner_width in (0, inner_width)]
+    found = dict(token_width=token_width, inner_width=inner_width)
     if len(rows) < 2:
-        return Detected(layout, feature, input_width, context, tokens, layer_ids, widths, has_lora,
-                        rows[0] if rows else None)
+        return Detected(layout, feature, input_width, context, tokens, layer_ids, tuple(widths), has_lora,
+                        rows[0] if rows else None, **found)
     variant, reason = tell_apart(rows, group_dtypes(dtypes), path or source)
-    return Detected(layout, feature, input_width, context, tokens, layer_ids, widths, has_lora, variant,
-                    tuple(v for v in rows if v is not variant), reason)
+    return Detected(layout, feature, input_width, context, tokens, layer_ids, tuple(widths), has_lora, variant,
+                    tuple(v for v in rows if v is not variant), reason, **found)
 
 
 def group_dtypes(dtypes: Mapping[str, str] | None) -> tuple[str, str] | None:
@@ -560,6 +612,14 @@ def detect_encoder(shapes: Mapping[str, Sequence[int]]) -> Encoder | None:
         return None
 
     cls = first("vision_model.embeddings.class_embedding", "embeddings.class_embedding", "visual.class_embedding")
+    positions = first("vision_model.embeddings.position_embedding.weight", "embeddings.position_embedding.weight",
+                      "visual.positional_embedding")
+    patch = first("vision_model.embeddings.patch_embedding.weight", "embeddings.patch_embedding.weight",
+                  "visual.conv1.weight")
+    image_size = None
+    if positions is not None and patch is not None and len(patch) == 4:
+        side = math.isqrt(max(positions[0] - 1, 0))
+        image_size = side * patch[-1] if side * side == positions[0] - 1 else None
     proj = first("visual_projection.weight")
     if proj is not None:
         hidden, embed = proj[1], proj[0]
@@ -570,4 +630,5 @@ def detect_encoder(shapes: Mapping[str, Sequence[int]]) -> Encoder | None:
         hidden, embed = open_proj
     if cls is not None and cls[-1] != hidden:
         return None
-    return encoder_by_widths(hidden, embed) or Encoder(f"{hidden}-wide CLIP vision", hidden, embed, "")
+    return (encoder_by_widths(hidden, embed, image_size) or encoder_by_widths(hidden, embed)
+            or Encoder(f"{hidden}-wide CLIP vision", hidden, embed, "", image_size or 224))

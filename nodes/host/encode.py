@@ -12,9 +12,12 @@ import comfy.utils
 
 from ..core.errors import InputError
 from ..core.checkpoint import all_finite
+from ..core.images import crop_square, pad_square
 from ..core.references import EncoderInfo, References, check_reference_count
+from ..core.tiles import enhanced_features, grid_tiles, merge_embeds_grid, merge_hidden_grid
 
-CROP_MODES = ("center", "pad", "squash")
+CROP_MODES = ("center", "pad", "squash", "top", "bottom", "left", "right")
+SQUARE_CROPS = ("top", "bottom", "left", "right")  # cut here; `center` is left to the encoder's own crop
 
 
 def _encoder_mean(clip_vision, device, dtype) -> torch.Tensor:
@@ -44,12 +47,9 @@ def prepare_images(image: torch.Tensor, crop: str, sharpen: float, mask: torch.T
         m = m[rows]
         image = image * m + mean.view(1, 1, 1, 3) * (1 - m)
     if crop == "pad":
-        h, w = image.shape[1:3]
-        side = max(h, w)
-        canvas = mean.view(1, 1, 1, 3).expand(image.shape[0], side, side, 3).clone()
-        top, left = (side - h) // 2, (side - w) // 2
-        canvas[:, top:top + h, left:left + w] = image
-        image = canvas
+        image = pad_square(image, mean)
+    elif crop in SQUARE_CROPS:
+        image = crop_square(image, crop)
     elif crop not in CROP_MODES:
         raise InputError(f"crop `{crop}` is not one of: {', '.join(CROP_MODES)}.")
     return image
@@ -64,11 +64,30 @@ def sharpen_images(image: torch.Tensor, amount: float) -> torch.Tensor:
 
 @torch.no_grad()  # ComfyUI runs nodes under inference mode; direct callers must not build autograd graphs either
 def encode_references(clip_vision, image: torch.Tensor, crop: str = "center", sharpen: float = 0.0,
-                      mask: torch.Tensor | None = None, batch_size: int = 0, source: str = "") -> References:
+                      mask: torch.Tensor | None = None, batch_size: int = 0, source: str = "",
+                      enhance_tiles: int = 1, enhance_ratio: float = 1.0) -> References:
+    """Encode each prepared image; with `enhance_tiles` n > 1 also each image's n x n tiles, merged spatially and
+    combined with the whole image by `enhance_ratio` (core.tiles.enhanced_features)."""
     image = prepare_images(image, crop, sharpen, mask, _encoder_mean(clip_vision, image.device, torch.float32))
     n = image.shape[0]
+    tiles = grid_tiles(image, enhance_tiles) if enhance_tiles > 1 else None
+    bar = comfy.utils.ProgressBar(n + (0 if tiles is None else tiles.shape[0]))
+    embeds_t, hidden_t = _encode(clip_vision, image, crop, batch_size, bar)
+    if tiles is not None:
+        tile_embeds, tile_hidden = _encode(clip_vision, tiles, crop, batch_size, bar)
+        embeds_t = enhanced_features(embeds_t, merge_embeds_grid(tile_embeds, enhance_tiles), enhance_ratio)
+        hidden_t = enhanced_features(hidden_t, merge_hidden_grid(tile_hidden, enhance_tiles), enhance_ratio)
+    if not (all_finite(embeds_t) and all_finite(hidden_t)):
+        raise InputError(f"the image encoder{f' `{source}`' if source else ''} gave NaN or infinite features for "
+                         "these images: its file is damaged, or the images hold NaN values. Load the encoder file "
+                         "again (download it again if this persists) and check the nodes that make the images.")
+    encoder = EncoderInfo.from_widths(hidden_t.shape[-1], embeds_t.shape[-1], source)
+    return References.from_images(encoder, embeds_t, hidden_t, empty_image_features(clip_vision), source)
+
+
+def _encode(clip_vision, image: torch.Tensor, crop: str, batch_size: int, bar) -> tuple[torch.Tensor, torch.Tensor]:
+    n = image.shape[0]
     step = n if batch_size <= 0 else batch_size
-    bar = comfy.utils.ProgressBar(n)
     embeds, hidden = [], []
     for start in range(0, n, step):
         # Cancel from the queue is honoured between batches: each image is encoded exactly once.
@@ -77,13 +96,7 @@ def encode_references(clip_vision, image: torch.Tensor, crop: str = "center", sh
         embeds.append(out["image_embeds"].float().cpu())
         hidden.append(out["penultimate_hidden_states"].float().cpu())
         bar.update(min(step, n - start))
-    embeds_t, hidden_t = torch.cat(embeds), torch.cat(hidden)
-    if not (all_finite(embeds_t) and all_finite(hidden_t)):
-        raise InputError(f"the image encoder{f' `{source}`' if source else ''} gave NaN or infinite features for "
-                         "these images: its file is damaged, or the images hold NaN values. Load the encoder file "
-                         "again (download it again if this persists) and check the nodes that make the images.")
-    encoder = EncoderInfo.from_widths(hidden_t.shape[-1], embeds_t.shape[-1], source)
-    return References.from_images(encoder, embeds_t, hidden_t, empty_image_features(clip_vision), source)
+    return torch.cat(embeds), torch.cat(hidden)
 
 
 _empty_features: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

@@ -10,8 +10,9 @@ import comfy.patcher_extension
 
 from ..core.adapter import Adapter
 from ..core.apply import build_image_prompt, check_tokens_fit
-from ..core.errors import IncompatibleError
+from ..core.errors import IncompatibleError, InputError
 from ..core.pulid import pulid_term, zero_tokens
+from ..core.schedules import Boosts, parse_layer_weights
 from ..core.pulid_flux import FluxBlockInsertion, FluxCallShape, IdentityInsertion, flux_mask
 from ..core.variants import FLUX, pulid_flux_blocks
 from .patch import install, sigma_window
@@ -81,19 +82,25 @@ def flux_insertion(adapter: Adapter, model, cond, uncond, weight: float, sigma_s
 
 
 def apply_pulid(model, adapter: Adapter, tokens, weight: float, weight_type: str = "linear", start_at: float = 0.0,
-                end_at: float = 1.0, embeds_scaling: str = "V only", attn_mask=None, method: str = "fidelity"):
+                end_at: float = 1.0, embeds_scaling: str = "V only", attn_mask=None, method: str = "fidelity", *,
+                unfold_batch: bool = False, layer_weights: str = "", boosts: Boosts = Boosts()):
     """Likeness Apply for PuLID adapters: PuLID-FLUX as block insertions on FLUX, PuLID v1 / v1.1 at the attn2
-    sites of SDXL with the method's zero tokens and combine rule."""
+    sites of SDXL with the method's zero tokens and combine rule (and Likeness Apply's weight_type, layer_weights
+    and boosts there)."""
     check_tokens_fit(adapter, tokens)
     sites = find_sites(model) if flux_layout(model) is None else []
     check_pulid_fits(adapter, model, len(sites))
     sigma_start, sigma_end = sigma_window(model, start_at, end_at)
     cond, uncond = tokens.flat()
     if adapter.detected.family == FLUX:
+        if unfold_batch or not isinstance(weight, (int, float)) or (layer_weights or "").strip():
+            raise InputError("PuLID-FLUX adds one identity at one weight after its blocks: turn unfold_batch off, "
+                             "give one weight (not a per-frame list) and leave layer_weights empty.")
         insertion = flux_insertion(adapter, model, cond, uncond, weight, sigma_start, sigma_end, flux_mask(attn_mask))
         return install_flux(model, insertion)
     prompt = build_image_prompt(adapter, tokens, sites, weight, weight_type, embeds_scaling, sigma_start, sigma_end,
                                 attn_mask, device=comfy.model_management.get_torch_device(),
-                                zero_tokens=zero_tokens(method, adapter.detected.layout),
+                                boosts=boosts, layer_weights=parse_layer_weights(layer_weights),
+                                unfold_batch=unfold_batch, zero_tokens=zero_tokens(method, adapter.detected.layout),
                                 combine=functools.partial(pulid_term, method))
     return install(model, prompt, sites)

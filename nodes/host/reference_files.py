@@ -17,6 +17,7 @@ from .folders import check_listed
 
 SUBFOLDER = "likeness"
 EXTENSION = ".safetensors"
+LEADING_PACK_EXTENSION = ".ipadpt"  # saved embeds of the ComfyUI_IPAdapter_plus pack (read weights-only)
 OUTPUT_TAG = " [output]"
 
 
@@ -24,22 +25,22 @@ def output_folder() -> str:
     return os.path.join(folder_paths.get_output_directory(), SUBFOLDER)
 
 
-def _files_under(root: str) -> list[str]:
+def _files_under(root: str, extensions: tuple[str, ...] = (EXTENSION,)) -> list[str]:
     if not os.path.isdir(root):
         return []
     out = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in filenames:
-            if f.lower().endswith(EXTENSION):
+            if f.lower().endswith(extensions):
                 out.append(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/"))
     return sorted(out)
 
 
 def reference_choices() -> list[str]:
-    """Every .safetensors file in input/ and in output/likeness/, for the loader's combo."""
+    """Every .safetensors and .ipadpt file in input/ and every .safetensors in output/likeness/, for the combo."""
     saved = [f"{SUBFOLDER}/{name}{OUTPUT_TAG}" for name in _files_under(output_folder())]
-    return _files_under(folder_paths.get_input_directory()) + saved
+    return _files_under(folder_paths.get_input_directory(), (EXTENSION, LEADING_PACK_EXTENSION)) + saved
 
 
 def _inside(root: str, relative: str) -> str | None:

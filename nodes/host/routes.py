@@ -1,9 +1,10 @@
 """Small read-only HTTP routes for the frontend extension (web/js/likeness.js).
 
 * `GET /likeness/weights?weight_type=...&weight=...&layout=sd15|sdxl`: the weight each cross-attention site
-  gets, computed by core.schedules.site_weights on the real SD1.5 / SDXL site layouts (built once by ComfyUI from
-  its `comfy.supported_models` configs, on the meta device), so the chart on Likeness Apply never re-implements
-  the formulas.
+  gets, computed by core.schedules.site_plan on the real SD1.5 / SDXL site layouts (built once by ComfyUI from its
+  `comfy.supported_models` configs, on the meta device), so the chart on Likeness Apply never re-implements the
+  formulas. Optional: `style_boost`, `composition_boost` and `layer_weights` (as on Likeness Apply); each site
+  also says whether the precise types swap its cond/uncond sides (`swapped`).
 * `GET /likeness/adapter_info?name=...`: what an adapter file in models/ipadapter is, read from its
   safetensors header only (the same summary the loader shows after a run); `{"error": ...}` when the file is
   missing, damaged or not an adapter. The answer for a name that is not listed is the same whatever the name,
@@ -20,7 +21,7 @@ import logging
 import math
 
 from ..core.errors import LikenessError
-from ..core.schedules import WEIGHT_TYPES, site_weights
+from ..core.schedules import WEIGHT_TYPES, Boosts, parse_layer_weights, site_plan
 from . import folders
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ def layout_sites(layout: str) -> tuple:
     return tuple(find_sites(_MetaModel(model.diffusion_model)))
 
 
-def weights_table(layout: str, weight: float, weight_type: str) -> dict:
+def weights_table(layout: str, weight: float, weight_type: str, style_boost: float = 1.0,
+                  composition_boost: float = 0.0, layer_weights: str = "") -> dict:
     """Per-site weights in execution order (input blocks, middle, output blocks), for the chart."""
     if layout not in LAYOUTS:
         raise LikenessError(f"layout must be one of {', '.join(LAYOUTS)}; got `{layout}`.")
@@ -89,18 +91,21 @@ def weights_table(layout: str, weight: float, weight_type: str) -> dict:
     if not math.isfinite(weight):
         raise LikenessError(f"weight must be a finite number; got `{weight}`.")
     sites = sorted(layout_sites(layout), key=lambda s: (s.transformer, s.index))
-    weights = site_weights(sites, weight, weight_type)
-    if not all(math.isfinite(w) for w in weights.values()):
+    layers = parse_layer_weights(layer_weights)
+    plan = site_plan(sites, weight, weight_type, Boosts(style_boost, composition_boost), layers)
+    if not all(math.isfinite(w) for w in plan.weights.values()):
         raise LikenessError(f"weight {weight:g} is too large to chart; use a value in the node's range.")
     return {
         "layout": layout, "weight": weight, "weight_type": weight_type, "transformers": sites[0].transformers,
+        "layer_weights": layers is not None,
         "sites": [{"block": s.block, "block_id": s.block_id, "index": s.index, "transformer": s.transformer,
-                   "weight": round(weights[s.key], 6)} for s in sites],
+                   "weight": round(plan.weights[s.key], 6), "swapped": s.key in plan.swapped} for s in sites],
     }
 
 
 def adapter_info(name: str) -> dict:
     from ..core.adapter import read_detection
+    from ..core.variants import FLUX
 
     detected = read_detection(folders.adapter_path(name))
     encoder = detected.encoder
@@ -108,7 +113,9 @@ def adapter_info(name: str) -> dict:
         "name": name,
         "title": detected.variant.title if detected.variant else None,
         "family": detected.family,
-        "layout": {16: "sd15", 70: "sdxl"}.get(len(detected.layer_ids)),  # the UNet layout, by its site count
+        # the UNet layout, by its site count; PuLID-FLUX inserts modules between FLUX blocks instead
+        "layout": "flux" if detected.family == FLUX else {16: "sd15", 70: "sdxl"}.get(len(detected.layer_ids)),
+        "modules": len(detected.layer_ids),
         "tokens": detected.tokens,
         "faceid": detected.faceid,
         "encoder": encoder.name if encoder else None,
@@ -147,12 +154,18 @@ def add_routes(routes) -> None:
     @answers_json("weight chart")
     async def get_weights(request):
         q = request.rel_url.query
+        numbers = {}
+        for name, default in (("weight", "1.0"), ("style_boost", "1.0"), ("composition_boost", "0.0")):
+            try:
+                numbers[name] = float(q.get(name, default))
+            except ValueError:
+                return problem(400, f"{name} must be a number; got `{q.get(name)}`.")
+            if name != "weight" and not math.isfinite(numbers[name]):
+                return problem(400, f"{name} must be a finite number; got `{q.get(name)}`.")
         try:
-            weight = float(q.get("weight", "1.0"))
-        except ValueError:
-            return problem(400, f"weight must be a number; got `{q.get('weight')}`.")
-        try:
-            return answer(weights_table(q.get("layout", "sd15"), weight, q.get("weight_type", "linear")))
+            return answer(weights_table(q.get("layout", "sd15"), numbers["weight"], q.get("weight_type", "linear"),
+                                        numbers["style_boost"], numbers["composition_boost"],
+                                        q.get("layer_weights", "")[:4000]))
         except LikenessError as e:
             return problem(400, str(e))
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 from comfy.ldm.modules.attention import SpatialTransformer
 
 from ..core.schedules import Site
+from ..core.variants import KOLORS, family_name
+
+SDXL_SITES = 70  # the SDXL layout, which Kolors shares
 
 
 def find_sites(model) -> list[Site]:
@@ -34,3 +38,25 @@ def find_sites(model) -> list[Site]:
     ordered = [(name, row) for name in ("input", "output", "middle") for row in found[name]]
     return [Site(name, block_id, index, t, transformer, width, context, 2 * n + 1, heads)
             for n, (name, (block_id, index, t, width, context, heads)) in enumerate(ordered)]
+
+
+def text_projection(model):
+    """The UNet's own projection of the text encoder's output into its cross-attention width, when it has one:
+    Kolors UNets (as Kolors loader packs build them) carry `encoder_hid_proj`, ChatGLM's 4096 -> 2048. None for
+    SD1.5 and SDXL, whose text encoders already give the context width."""
+    proj = getattr(model.get_model_object("diffusion_model"), "encoder_hid_proj", None)
+    weight = getattr(proj, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+        return None
+    bias = getattr(proj, "bias", None)
+    return weight.detach(), (bias.detach() if isinstance(bias, torch.Tensor) else None)
+
+
+def base_model(model, sites: list[Site] | None = None) -> str:
+    """SD1.5, SDXL, Kolors (an SDXL-layout UNet with a text projection), or a description of another layout."""
+    sites = find_sites(model) if sites is None else sites
+    if not sites:
+        return "a model without UNet cross-attention sites"
+    if len(sites) == SDXL_SITES and text_projection(model) is not None:
+        return KOLORS
+    return family_name(sites[0].context_width, len(sites))

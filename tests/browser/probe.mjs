@@ -98,6 +98,13 @@ try {
         w("weight").value = 0.5;
         await new Promise((r) => setTimeout(r, 1500));
         follows = { active: chart.dataset.active, text: chart.textContent.split("output").pop() };
+        // layer_weights replaces the weight type's spread: two transformers, at 0.5 x 1 and 0.5 x 2.
+        const layersBefore = w("layer_weights").value;
+        w("weight_type").value = "linear";
+        w("layer_weights").value = "0:1, 3:2";
+        await new Promise((r) => setTimeout(r, 1500));
+        follows.layers = { active: chart.dataset.active, text: chart.textContent.split("output").pop() };
+        w("layer_weights").value = layersBefore;
         [w("weight_type").value, w("weight").value] = before;
         await new Promise((r) => setTimeout(r, 1000));
       }
@@ -149,8 +156,16 @@ try {
       }
       window.__likenessSetId(queued.prompt_id);
       const result = await done;
-      const history = await (await fetch(`/api/history/${queued.prompt_id}`)).json();
-      result.outputs = history[queued.prompt_id]?.outputs ?? null;
+      // ComfyUI stores the history just after it sends execution_success: ask until it is there.
+      for (let i = 0; i < 60 && !result.outputs; i++) {
+        const history = await (await fetch(`/api/history/${queued.prompt_id}`)).json();
+        result.outputs = history[queued.prompt_id]?.outputs ?? null;
+        if (!result.outputs) await new Promise((r) => setTimeout(r, 250));
+      }
+      // Panels are made from the "executed" messages; on a busy machine they may trail the history a little.
+      const sentText = Object.entries(result.outputs ?? {}).filter(([, o]) => o?.text).map(([id]) => id);
+      const hasPanel = (id) => app.graph.getNodeById(Number(id))?.widgets?.some((w) => w.name === "likeness_report");
+      for (let i = 0; i < 40 && !sentText.every(hasPanel); i++) await new Promise((r) => setTimeout(r, 250));
       await new Promise((r) => setTimeout(r, 800));
       // The text each node sent (V3 ui.PreviewText) as its panel shows it, each node brought into view in turn.
       result.panels = [];

@@ -1,6 +1,7 @@
 // Likeness frontend extension: pictures where they beat text.
 //  * Likeness Apply: a small chart of the weight each cross-attention site gets for the chosen weight_type and
-//    weight, from the backend (GET /likeness/weights runs the pack's own formulas), updated as they change.
+//    weight (and style_boost / composition_boost / layer_weights), from the backend (GET /likeness/weights runs the
+//    pack's own formulas), updated as they change. Sites whose sides a precise type swaps are drawn hollow.
 //  * Likeness Adapter Loader: the detected variant and the encoder it needs (GET /likeness/adapter_info reads the
 //    file's header), before a run; after a run, the loader's own summary (its hover text, and the text panel below).
 //  * Every Likeness node that sends text after a run (a V3 `ui.PreviewText`: summaries of what a loader found,
@@ -102,8 +103,16 @@ function drawChart(root, table, note) {
     const h = Math.abs(s.weight) * scale;
     const bar = svg("rect", { x: i * bw + gap / 2, width: Math.max(bw - gap, 0.5), y: s.weight >= 0 ? zero - h : zero,
       height: Math.max(h, s.weight === 0 ? 0 : 0.5), fill: BLOCK_COLOURS[s.block] || "#999" });
+    if (s.swapped && s.weight !== 0) {
+      // precise weight types: this site pushes away from the reference (its sides are swapped)
+      bar.setAttribute("fill-opacity", "0.35");
+      bar.setAttribute("stroke", BLOCK_COLOURS[s.block] || "#999");
+      bar.setAttribute("stroke-dasharray", "2 1");
+      bar.setAttribute("stroke-width", "0.6");
+    }
     const tip = svg("title");
-    tip.textContent = `${s.block} ${s.block_id}` + (sites.length > 16 ? `.${s.index}` : "") + `: ${s.weight.toFixed(3)}`;
+    tip.textContent = `${s.block} ${s.block_id}` + (sites.length > 16 ? `.${s.index}` : "") + ` (t${s.transformer})`
+      + `: ${s.weight.toFixed(3)}` + (s.swapped && s.weight !== 0 ? " · sides swapped (pushes away)" : "");
     bar.appendChild(tip);
     chart.appendChild(bar);
   });
@@ -117,11 +126,25 @@ function drawChart(root, table, note) {
     chart.appendChild(label);
     x += n * bw;
   }
-  const caption = el("div", {}, `${LAYOUT_NAMES[table.layout]} · ${table.weight_type} · ${active}/${sites.length} sites · max ${max.toFixed(2)}${note}`);
+  const swapped = sites.filter((s) => s.swapped && Math.abs(s.weight) > 1e-9).length;
+  const kind = table.layer_weights ? `layer weights${table.weight_type.endsWith("precise") ? ` (${table.weight_type})` : ""}` : table.weight_type;
+  const caption = el("div", {}, `${LAYOUT_NAMES[table.layout]} · ${kind} · ${active}/${sites.length} sites`
+    + (swapped ? ` (${swapped} swapped)` : "") + ` · max ${max.toFixed(2)}${note}`);
   caption.style.cssText = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis;";
   root.append(chart, caption);
   root.dataset.active = String(active);
   root.dataset.layout = table.layout;
+}
+
+// PuLID-FLUX has no cross-attention sites to chart: its modules sit between FLUX blocks, all at one weight.
+function drawFluxNote(root, info, weight) {
+  root.textContent = "";
+  const text = el("div", {}, `FLUX · PuLID: ${info.modules} identity modules (after every 2nd double block and ` +
+    `every 4th single block), each at weight ${weight.toFixed(2)}; weight_type applies only to SD1.5 / SDXL.`);
+  text.style.cssText = "white-space:normal;font-size:11px;opacity:0.85;";
+  root.append(text);
+  root.dataset.active = String(weight === 0 ? 0 : info.modules);
+  root.dataset.layout = "flux";
 }
 
 function setupApply(node) {
@@ -144,16 +167,23 @@ function setupApply(node) {
   });
   async function refresh() {
     const weight = Number(widgetValue(node, "weight") ?? 1), weightType = widgetValue(node, "weight_type") ?? "linear";
+    const styleBoost = Number(widgetValue(node, "style_boost") ?? 1);
+    const compositionBoost = Number(widgetValue(node, "composition_boost") ?? 0);
+    const layerWeights = String(widgetValue(node, "layer_weights") ?? "");
     const name = adapterName(node);
-    const key = `${weight}|${weightType}|${name}|${manualLayout}`;
+    const key = `${weight}|${weightType}|${styleBoost}|${compositionBoost}|${layerWeights}|${name}|${manualLayout}`;
     if (key === shown) return;
     shown = key;
     let layout = manualLayout || "sd15", note = manualLayout ? "" : " (guessed: connect the adapter loader)";
     if (name) {
       const info = await getJSON(`/likeness/adapter_info?name=${encodeURIComponent(name)}`);
+      if (shown !== key) return;
+      if (info.layout === "flux") { drawFluxNote(root, info, weight); return; }
       if (info.layout) { layout = info.layout; note = ""; }
     }
-    const table = await getJSON(`/likeness/weights?layout=${layout}&weight=${encodeURIComponent(weight)}&weight_type=${encodeURIComponent(weightType)}`);
+    const extra = `&style_boost=${encodeURIComponent(styleBoost)}&composition_boost=${encodeURIComponent(compositionBoost)}`
+      + (layerWeights.trim() ? `&layer_weights=${encodeURIComponent(layerWeights)}` : "");
+    const table = await getJSON(`/likeness/weights?layout=${layout}&weight=${encodeURIComponent(weight)}&weight_type=${encodeURIComponent(weightType)}${extra}`);
     if (shown !== key) return; // a newer change won
     if (table.error) { root.textContent = table.error; return; }
     drawChart(root, table, note);
