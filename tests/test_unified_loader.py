@@ -179,7 +179,7 @@ def test_faceid_plus_v1_preset_takes_the_v1_file(folders, tmp_path_factory):
     model = builders.build_unet("sd15", tiny=False)
     with fm.insightface_folder(tmp_path_factory):
         out = unified.LikenessUnifiedLoader.execute(model, "FACEID PLUS", 0.6, fm.PACK, provider="CPU")
-    _, adapter, clip_vision, face_model = out.args
-    assert adapter.name == "ip-adapter-faceid-plus_sd15.safetensors" and clip_vision is not None
+    _, adapter, clip_vision, face_model, control_net = out.args
+    assert adapter.name == "ip-adapter-faceid-plus_sd15.safetensors" and clip_vision is not None and control_net is None
     assert face_model.provider_choice == "CPU" and face_model.providers_used == ("CPUExecutionProvider",)
     assert pack("nodes.core.face").plus_version_hint(adapter)[0] is False, "Project's auto reads v1 from the name"
