@@ -66,8 +66,9 @@ def server(workflow_models, tmp_path_factory, request):
                        "(.ci/setup-browser downloads it)")
     if missing:
         pytest.fail("the browser test needs: " + "; ".join(missing) + ". .ci/run installs them.", pytrace=False)
-    folders = {k: workflow_models / k for k in ("ipadapter", "pulid", "clip_vision", "checkpoints", "loras",
-                                                "insightface", "facexlib", *dict.fromkeys(tw.SPLIT_FILE_FOLDERS.values()))}
+    folders = {k: workflow_models / k for k in (
+        "ipadapter", "instantid", "pulid", "clip_vision", "checkpoints", "loras", "insightface", "controlnet",
+        "facexlib", *dict.fromkeys(tw.SPLIT_FILE_FOLDERS.values()))}
     # the same server with a newer frontend build (ComfyUI's --front-end-root)
     extra = [] if request.param == "pinned" else ["--front-end-root", str(NEWER_FRONTEND_ROOT)]
     artifacts = ARTIFACTS / f"frontend-{request.param}"
