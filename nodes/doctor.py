@@ -22,7 +22,8 @@ def report(prompt: dict | None = None) -> str:
 
     adapters, encoders, loras = catalog.adapters(), catalog.encoders(), catalog.faceid_loras()
     packs = catalog.face_pack_entries()
-    lines = ["Likeness model doctor", "", "Adapters (models/ipadapter, models/pulid):"]
+    usable_packs = [e.name for e in packs if e.usable]
+    lines = ["Likeness model doctor", "", "Adapters (models/ipadapter, models/instantid, models/pulid):"]
     lines += [f"  {e.name}: {e.describe()}" for e in adapters] or ["  (none)"]
     lines += ["", "Image encoders (models/clip_vision):"]
     lines += [f"  {e.name}: {e.describe()}" for e in encoders] or ["  (none)"]
@@ -32,20 +33,48 @@ def report(prompt: dict | None = None) -> str:
     broken = [e.name for group in (adapters, encoders, loras, packs) for e in group if e.problem]
     if broken:
         lines += ["", f"Broken or unreadable ({len(broken)}), not counted below: {', '.join(broken)}"]
+    identitynets = catalog.identitynets()
+    lines += ["", *instantid_lines(adapters, identitynets, usable_packs)]
     rows = availability([(e.name, e.found) for e in adapters if isinstance(e.found, Detected)],
                         [e.found for e in encoders if isinstance(e.found, Encoder)],
-                        [e.name for e in loras if e.usable], [e.name for e in packs if e.usable])
+                        [e.name for e in loras if e.usable], usable_packs, [e.name for e in identitynets])
     for family in ("SD1.5", "SDXL", "Kolors"):
         lines += ["", f"Presets for {family}:" + (" (a Kolors MODEL comes from a Kolors loader pack)"
                                                   if family == "Kolors" else "")]
         lines += [f"  {'OK ' if r.usable else '-- '} {r.preset:<24} {r.detail}" for r in rows if r.family == family]
-    lines += ["", "PuLID:"] + pulid_lines(adapters, encoders, catalog.face_parsing_files(),
-                                              [e.name for e in packs if e.usable])
+    lines += ["", "PuLID:"] + pulid_lines(adapters, encoders, catalog.face_parsing_files(), usable_packs)
     lines += [""] + edit_models_section(prompt)
     lines += ["", "Folders searched:"]
-    for folder in ("ipadapter", "pulid", "clip_vision", "loras", "insightface", "facexlib"):
+    for folder in ("ipadapter", "instantid", "pulid", "clip_vision", "loras", "insightface", "controlnet",
+                   "facexlib"):
         lines.append(f"  {folder}: {'; '.join(catalog.searched(folder)) or '(not registered)'}")
     return "\n".join(lines)
+
+
+def instantid_lines(adapters, identitynets, packs) -> list[str]:
+    """InstantID's three files: found, or what to download and where it goes."""
+    from .core.instantid import VARIANT
+    from .core.variants import Detected, variant_by_key
+
+    row = variant_by_key(VARIANT)
+    mine = [e.name for e in adapters if isinstance(e.found, Detected) and e.found.variant is not None
+            and e.found.variant.key == row.key]
+    lines = ["InstantID (SDXL): the adapter, the IdentityNet ControlNet and the antelopev2 face model pack. The "
+             "InstantID weights are published by InstantX under Apache-2.0, but they only work with insightface's "
+             "antelopev2, which is for non-commercial research use only; and a real person's likeness needs their "
+             "consent."]
+    lines.append("  adapter: " + (", ".join(mine) if mine else
+                                  f"missing: {row.files[0]} from {row.source} -> models/{row.folder}"))
+    lines.append("  IdentityNet ControlNet: " + (", ".join(f"{e.name} ({e.describe()})" for e in identitynets)
+                                                 if identitynets else
+                                                 f"missing: {row.controlnet_file} from {row.controlnet_source} -> "
+                                                 "models/controlnet (a file of that name, or with instantid in its "
+                                                 "name, is taken for it)"))
+    lines.append(f"  face model pack: {row.face_pack} " + (
+        "found" if row.face_pack in packs else
+        f"missing: {row.face_pack}.zip from the insightface model zoo, unpacked so that its .onnx files sit in "
+        f"models/insightface/models/{row.face_pack}/"))
+    return lines
 
 
 def pulid_lines(adapters, encoders, parsing_files, packs) -> list[str]:

@@ -15,6 +15,7 @@ from .edit.reference_latents import LikenessReferenceLatents  # noqa: E402
 from .edit.reference_pack import LikenessReferencePack  # noqa: E402
 from .encode import LikenessImageEncode  # noqa: E402
 from .face import LikenessFaceEmbed, LikenessFaceModelLoader  # noqa: E402
+from .instantid import LikenessFaceKeypoints, LikenessInstantID, LikenessInstantIDControl  # noqa: E402
 from .frames import LikenessFrameWeights  # noqa: E402
 from .images import LikenessNoiseImage, LikenessPrepImage  # noqa: E402
 from .loaders import LikenessAdapterLoader  # noqa: E402
@@ -30,6 +31,7 @@ NODES = [
     LikenessApply, LikenessApplySimple, LikenessFaceModelLoader, LikenessFaceEmbed, LikenessMergeReferences,
     LikenessSaveReferences, LikenessLoadReferences,
     LikenessReferencePack, LikenessReferenceLatents, LikenessQwenEditEncode,
+    LikenessFaceKeypoints, LikenessInstantIDControl, LikenessInstantID,
     LikenessIdentityScore, LikenessSubjectScore, LikenessIDEncoderLoader, LikenessPuLID,
     LikenessPrepImage, LikenessNoiseImage, LikenessApplyTiled, LikenessFrameWeights,
 ]

@@ -6,6 +6,7 @@ from .host.api import LikenessNode, io, ui
 
 from . import types
 from .core.face import CROP_SIZES, ON_NO_FACE, SELECT_MODES
+from .core.instantid import keypoint_images
 from .host import face as host_face
 
 FaceModel = types.FaceModel
@@ -56,8 +57,9 @@ class LikenessFaceEmbed(LikenessNode):
             display_name="Likeness Face Embed",
             category=types.CATEGORY,
             description="Finds a face in each photo, aligns it and computes its identity embedding: one reference "
-                        "per photo, for the FaceID adapters and PuLID. Connect clip_vision for FaceID Plus / Plus "
-                        "v2, id_encoder for PuLID.",
+                        "per photo, for the FaceID adapters, InstantID and PuLID (both with antelopev2), and "
+                        "InstantID's keypoint image of each face. Connect clip_vision for FaceID Plus / Plus v2, "
+                        "id_encoder for PuLID.",
             inputs=[
                 FaceModel.Input("face_model", tooltip="From Likeness Face Model Loader."),
                 io.Image.Input("image", tooltip="One or more photos of the person (at most 256); each photo gives one "
@@ -88,7 +90,10 @@ class LikenessFaceEmbed(LikenessNode):
                                               "antelopev2 face model with it."),
             ],
             outputs=[types.References.Output(display_name="references"),
-                     io.Image.Output(display_name="crops")],
+                     io.Image.Output(display_name="crops"),
+                     io.Image.Output(display_name="keypoints",
+                                     tooltip="InstantID's keypoint drawing of each embedded face, on a canvas of its "
+                                             "photo's size: the hint for Likeness InstantID Control.")],
         )
 
     @classmethod
@@ -96,4 +101,5 @@ class LikenessFaceEmbed(LikenessNode):
                 id_encoder=None) -> io.NodeOutput:
         refs, crops, summary = host_face.embed_faces(face_model, image, select, index, on_no_face, int(crop_size),
                                                      clip_vision, id_encoder=id_encoder)
-        return io.NodeOutput(refs, crops, ui=ui.PreviewText(summary))
+        keypoints = keypoint_images(refs.face.keypoints, refs.face.image_sizes)
+        return io.NodeOutput(refs, crops, keypoints, ui=ui.PreviewText(summary))

@@ -7,6 +7,7 @@ from .host.api import LikenessNode, io, ui
 
 from . import types
 from .core.face import plus_version_hint
+from .core.instantid import DEFAULT_NOISE, is_instantid
 from .core.references import project_references
 from .core.variants import Layout
 
@@ -20,6 +21,16 @@ def faceid_plus_choice(adapter, version: str) -> tuple[bool, str]:
         v2, why = plus_version_hint(adapter)
         return v2, f"{why}; the weights cannot tell v1 from v2, set faceid_plus_version to override"
     return version == "v2", "set by faceid_plus_version"
+
+
+def instantid_summary(references, negative, noise: float) -> str:
+    n = references.count
+    what = "1 identity" if n == 1 else f"the average of {n} identities"
+    if negative is not None:
+        uncond = "the negative references' average identity"
+    else:
+        uncond = f"noise {noise:g} seeded from the face" if noise > 0 else "zeros (noise 0)"
+    return f"InstantID: 16 tokens from {what}; uncond from {uncond}."
 
 
 class LikenessProject(LikenessNode):
@@ -50,14 +61,22 @@ class LikenessProject(LikenessNode):
                                tooltip="FaceID Plus v2 only: strength of the face-structure part (CLIP features "
                                        "of the face crop) added to the identity tokens. 1.0 is the reference "
                                        "default; higher copies the face shape more closely."),
+                io.Float.Input("noise", default=DEFAULT_NOISE, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="InstantID only: the uncond side's identity is uniform noise of this size, "
+                                       "seeded from the face, as ComfyUI's InstantID pack does (it reduces burn); 0 "
+                                       "projects zeros, as the original InstantID pipeline does. Not used when "
+                                       "negative references are connected."),
             ],
             outputs=[types.Tokens.Output(display_name="tokens")],
         )
 
     @classmethod
     def execute(cls, adapter, references, negative=None, faceid_plus_version="auto",
-                faceid_v2_weight=1.0) -> io.NodeOutput:
+                faceid_v2_weight=1.0, noise=DEFAULT_NOISE) -> io.NodeOutput:
         device = comfy.model_management.get_torch_device()
+        if is_instantid(adapter):
+            tokens = project_references(adapter, references, negative, device=device, noise=noise)
+            return io.NodeOutput(tokens, ui=ui.PreviewText(instantid_summary(references, negative, noise)))
         if adapter.detected.layout is not Layout.FACEID_PLUS:
             return io.NodeOutput(project_references(adapter, references, negative, device=device))
         v2, why = faceid_plus_choice(adapter, faceid_plus_version)

@@ -6,6 +6,7 @@ import logging
 import threading
 
 import comfy.clip_vision
+import comfy.controlnet
 from .host.api import LikenessNode, io, ui
 
 from . import types
@@ -15,14 +16,14 @@ from .core.variants import KOLORS, Detected, Encoder
 from .doctor import report
 from .face import pack_options
 from .host import catalog, folders
-from .host.face import load_face_model
+from .host.face import KNOWN_PACKS, PROVIDER_CHOICES, load_face_model
 from .host.lora import apply_faceid_lora
-from .host.face import PROVIDER_CHOICES
 from .host.sites import base_model, find_sites
 from .loaders import cached_adapter
 
 log = logging.getLogger(__name__)
 _clip_cache: dict = {}
+_controlnet_cache: dict = {}
 _clip_lock = threading.Lock()
 
 
@@ -44,9 +45,9 @@ def choose_adapter(preset: str, family: str) -> catalog.Entry:
     ranked = rank_adapters(choice, [(e.name, e.found) for e in entries if isinstance(e.found, Detected)])
     if not ranked:
         found = [f"{e.name} ({e.describe().split(';')[0]})" for e in entries]
+        searched = [p for folder in folders.ADAPTER_FOLDERS for p in catalog.searched(folder)]
         raise MissingModelError(missing_message(f"An adapter for preset {preset} on {family}", choice.file,
-                                                choice.source, "models/ipadapter", catalog.searched("ipadapter"),
-                                                found))
+                                                choice.source, choice.folder, searched, found))
     return next(e for e in entries if e.name == ranked[0])
 
 
@@ -74,6 +75,29 @@ def load_clip_vision(entry: catalog.Entry):
         return _clip_cache[key]
 
 
+def load_controlnet(entry: catalog.Entry):
+    """A ControlNet loaded with ComfyUI's own loader (what Load ControlNet Model calls), one kept at a time."""
+    key = folders.file_version(entry.path)
+    with _clip_lock:
+        if key not in _controlnet_cache:
+            _controlnet_cache.clear()
+            net = comfy.controlnet.load_controlnet(entry.path)
+            if net is None:
+                raise MissingModelError(f"`{entry.name}` could not be loaded as a ControlNet: ComfyUI did not "
+                                        "recognise its layout.")
+            _controlnet_cache[key] = net
+        return _controlnet_cache[key]
+
+
+def face_pack_for(choice, asked: str) -> tuple[str, str]:
+    """The face pack a preset loads, and a note when it is not the one asked for: a preset whose adapter was trained
+    on another known pack (InstantID: antelopev2) loads that one; a pack of another name is taken as asked."""
+    needed = choice.face_pack
+    if asked != needed and asked in KNOWN_PACKS:
+        return needed, f" (face_model_pack {asked} replaced: this adapter was trained on {needed})"
+    return asked, ""
+
+
 class LikenessUnifiedLoader(LikenessNode):
     @classmethod
     def define_schema(cls):
@@ -88,21 +112,26 @@ class LikenessUnifiedLoader(LikenessNode):
                 io.Model.Input("model", tooltip="Your SD1.5 or SDXL model; its family decides which files fit."),
                 io.Combo.Input("preset", options=list(PRESETS), default="STANDARD",
                                tooltip="LIGHT/STANDARD: gentle; PLUS: strong; PLUS FACE/FULL FACE: portraits; "
-                                       "FACEID*: identity from a face photo (needs insightface); KOLORS: a Kolors "
-                                       "model (from a Kolors loader pack)."),
+                                       "FACEID*: identity from a face photo (needs insightface); INSTANTID (SDXL): "
+                                       "identity plus face pose, with antelopev2 and the IdentityNet ControlNet; "
+                                       "KOLORS: a Kolors model (from a Kolors loader pack)."),
                 io.Float.Input("faceid_lora_strength", default=0.6, min=0.0, max=2.0, step=0.05,
                                tooltip="FaceID presets: strength of the LoRA trained with the adapter, applied to "
                                        "the returned MODEL. 0.6 keeps the base model's style; 1.0 is the "
                                        "reference setting."),
                 io.Combo.Input("face_model_pack", options=pack_options(), default="buffalo_l",
-                               tooltip="FaceID presets: the insightface pack in models/insightface/models/."),
+                               tooltip="FaceID presets: the insightface pack in models/insightface/models/. INSTANTID "
+                                       "loads antelopev2 in place of buffalo_l."),
                 io.Combo.Input("provider", options=list(PROVIDER_CHOICES), default="auto", optional=True,
                                tooltip="FaceID presets: where onnxruntime runs the face models. auto: the GPU "
                                        "ComfyUI uses when this onnxruntime build supports it, else the CPU."),
             ],
             outputs=[io.Model.Output(display_name="model"), types.Adapter.Output(display_name="adapter"),
                      io.ClipVision.Output(display_name="clip_vision"),
-                     types.FaceModel.Output(display_name="face_model")],
+                     types.FaceModel.Output(display_name="face_model"),
+                     io.ControlNet.Output(display_name="control_net",
+                                          tooltip="INSTANTID: the IdentityNet ControlNet found in models/controlnet "
+                                                  "(for Likeness InstantID Control), else nothing.")],
         )
 
     @classmethod
@@ -114,16 +143,25 @@ class LikenessUnifiedLoader(LikenessNode):
         encoder = choice.encoder
         clip_entry = choose_encoder(encoder) if encoder is not None else None
         clip_vision = load_clip_vision(clip_entry) if clip_entry else None
-        face_model = None
-        if choice.face:
-            face_model = load_face_model(face_model_pack, provider)
-            model = apply_faceid_lora(model, adapter, faceid_lora_strength)
+        face_model, control_net = None, None
         text = f"{preset} on {family}: adapter `{entry.name}`" + (f", encoder `{clip_entry.name}`" if clip_entry
                                                                    else "")
-        if face_model is not None:
-            text += f", face model {face_model_pack} on {' + '.join(face_model.providers_used)}"
+        if choice.face:
+            pack, note = face_pack_for(choice, face_model_pack)
+            face_model = load_face_model(pack, provider)
+            model = apply_faceid_lora(model, adapter, faceid_lora_strength)
+            text += f", face model {pack}{note} on {' + '.join(face_model.providers_used)}"
+        if choice.controlnet:
+            found = catalog.identitynets()
+            if found:
+                control_net = load_controlnet(found[0])
+                text += f", ControlNet `{found[0].name}`"
+            else:
+                file, source = choice.controlnet
+                text += (f"; no IdentityNet ControlNet found: put {file} from {source} in models/controlnet (searched "
+                         f"{'; '.join(catalog.searched('controlnet')) or 'no folders'})")
         log.info("Likeness: %s", text)
-        return io.NodeOutput(model, adapter, clip_vision, face_model, ui=ui.PreviewText(text))
+        return io.NodeOutput(model, adapter, clip_vision, face_model, control_net, ui=ui.PreviewText(text))
 
 
 class LikenessModelDoctor(LikenessNode):

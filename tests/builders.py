@@ -6,6 +6,7 @@ Key names and shapes of the official files are written out here from the publish
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -199,6 +200,9 @@ def official_shapes(name: str) -> dict:
         "ip-adapter-faceid-plusv2_sdxl.bin": (faceid_plus_shapes(2048), sdxl, True),
         "ip-adapter-faceid-portrait_sdxl.bin": (faceid_mlp_shapes(2048, 16), sdxl),
         "ip-adapter-faceid-portrait_sdxl_unnorm.bin": (resampler_shapes(1280, 20, 16, 512, 2048), sdxl),
+        # InstantX/InstantID ip-adapter.bin: Resampler(dim=1280, depth=4, dim_head=64, heads=20, num_queries=16,
+        # embedding_dim=512, output_dim=2048, ff_mult=4) and the 70 SDXL to_k_ip/to_v_ip pairs, all float32
+        "ip-adapter.bin": (resampler_shapes(1280, 20, 16, 512, 2048), sdxl),
         # Kwai-Kolors: a 2048-wide resampler with 12 heads over ViT-L/14-336 hidden states; FaceID Plus making
         # 6 tokens 4096 wide (the ChatGLM space) whose K/V weights read the UNet's 2048-wide projection of them
         "Kolors-IP-Adapter-Plus.bin": (resampler_shapes(2048, 12, 16, 1024, 2048), sdxl),
@@ -220,8 +224,12 @@ OFFICIAL_FILES = [
     "ip-adapter-plus-face_sdxl_vit-h.safetensors", "ip-adapter-faceid_sd15.bin",
     "ip-adapter-faceid-plusv2_sd15.bin", "ip-adapter-faceid-portrait-v11_sd15.bin", "ip-adapter-faceid_sdxl.bin",
     "ip-adapter-faceid-plusv2_sdxl.bin", "ip-adapter-faceid-portrait_sdxl.bin",
-    "ip-adapter-faceid-portrait_sdxl_unnorm.bin",
+    "ip-adapter-faceid-portrait_sdxl_unnorm.bin", "ip-adapter.bin",
 ]
+# How each published file stores its two tensor groups (image_proj, ip_adapter), where the layout alone is shared:
+# InstantID's 1,691,134,141-byte file is 4 bytes a parameter; Portrait unnorm's 1.01 GB fits a float32 Resampler with
+# float16 attention weights.
+OFFICIAL_DTYPES = {"ip-adapter.bin": ("F32", "F32"), "ip-adapter-faceid-portrait_sdxl_unnorm.bin": ("F32", "F16")}
 KOLORS_FILES = ["Kolors-IP-Adapter-Plus.bin", "Kolors-IP-Adapter-FaceID-Plus.bin"]
 
 
@@ -362,6 +370,86 @@ def save_safetensors(path: str, state: dict) -> str:
 
     safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, path)
     return path
+
+
+# ---------------------------------------------------------------- a tiny SDXL ControlNet in the diffusers layout
+
+TINY_SDXL_UNET = dict(SDXL_LAYOUT, model_channels=32, context_dim=TINY_CONTEXT, adm_in_channels=TINY_POOLED + 1536,
+                      num_head_channels=16)
+
+
+def _is_tiny_sdxl_diffusers(state_dict) -> bool:
+    conv_in = state_dict.get("conv_in.weight")
+    attn = state_dict.get("down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight")
+    add = state_dict.get("add_embedding.linear_1.weight")
+    return (conv_in is not None and attn is not None and add is not None and conv_in.shape[0] == 32
+            and attn.shape[1] == TINY_CONTEXT and add.shape[1] == TINY_SDXL_UNET["adm_in_channels"])
+
+
+@contextlib.contextmanager
+def comfy_knows_the_tiny_sdxl():
+    """ComfyUI reads a diffusers-layout UNet or ControlNet's config from its table of published models
+    (`model_detection.unet_config_from_diffusers_unet`); while this runs, the table also knows the tiny SDXL layout
+    of `build_unet`. Only the lookup is extended: published layouts are found as before, and ComfyUI's own key
+    conversion and loading run unchanged."""
+    import comfy.model_detection
+
+    published = comfy.model_detection.unet_config_from_diffusers_unet
+
+    def lookup(state_dict, dtype=None):
+        found = published(state_dict, dtype)
+        if found is None and _is_tiny_sdxl_diffusers(state_dict):
+            found = comfy.model_detection.convert_config(dict(TINY_SDXL_UNET, dtype=dtype))
+        return found
+
+    comfy.model_detection.unet_config_from_diffusers_unet = lookup
+    try:
+        yield
+    finally:
+        comfy.model_detection.unet_config_from_diffusers_unet = published
+
+
+def _controlnet_to_diffusers(config: dict) -> dict:
+    """ComfyUI (ldm) key -> diffusers key of a ControlNet: the UNet's map plus the ControlNet's own parts."""
+    import comfy.utils
+
+    to_ldm = comfy.utils.unet_to_diffusers(config)
+    to_ldm.update({f"controlnet_mid_block.{p}": f"middle_block_out.0.{p}" for p in ("weight", "bias")})
+    blocks = sum(config["num_res_blocks"]) + len(config["channel_mult"])  # input blocks, zero convs
+    for i in range(blocks):
+        to_ldm.update({f"controlnet_down_blocks.{i}.{p}": f"zero_convs.{i}.0.{p}" for p in ("weight", "bias")})
+    hint = ["controlnet_cond_embedding.conv_in"] + [f"controlnet_cond_embedding.blocks.{i}" for i in range(6)]
+    hint.append("controlnet_cond_embedding.conv_out")
+    for n, name in enumerate(hint):
+        to_ldm.update({f"{name}.{p}": f"input_hint_block.{2 * n}.{p}" for p in ("weight", "bias")})
+    # SDXL's size-and-pooled embedding is `add_embedding` in diffusers (`class_embedding` maps to the same weights
+    # for other models); ComfyUI's map lists both, in no fixed order
+    ordered = sorted(to_ldm.items(), key=lambda item: item[0].startswith("add_embedding."))
+    return {ldm: diffusers for diffusers, ldm in ordered}
+
+
+def tiny_identitynet_state(seed: int = 0, scale: float = 0.05) -> dict:
+    """A ControlNet for the tiny SDXL of `build_unet` in the diffusers key layout InstantX published IdentityNet in
+    (ControlNetModel/diffusion_pytorch_model.safetensors): hint 3 channels, cross-attention over 64-wide tokens.
+    Made with ComfyUI's own ControlNet class and its key map, seeded random weights (no diffusers needed)."""
+    import comfy.cldm.cldm
+    import comfy.model_detection
+    import comfy.ops
+
+    config = comfy.model_detection.convert_config(dict(TINY_SDXL_UNET))
+    config.pop("out_channels")
+    net = comfy.cldm.cldm.ControlNet(hint_channels=3, dtype=torch.float32, device=CPU,
+                                     operations=comfy.ops.disable_weight_init, **config)
+    names = _controlnet_to_diffusers(config)
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, value in sorted(net.state_dict().items()):
+        if value.ndim == 1 and key.endswith("weight"):
+            t = 1.0 + 0.1 * torch.randn(value.shape, generator=gen)
+        else:
+            t = scale * torch.randn(value.shape, generator=gen)
+        out[names[key]] = t
+    return out
 
 
 # ---------------------------------------------------------------- tiny CLIP vision

@@ -146,18 +146,25 @@ def landmark_model():
     return model
 
 
+PACK_FILES = {  # (detector, recogniser) file names of the published packs
+    "buffalo_l": ("det_10g.onnx", "w600k_r50.onnx"),
+    "antelopev2": ("scrfd_10g_bnkps.onnx", "glintr100.onnx"),
+}
+
+
 def write_pack(folder: str, detector: bool = True, recogniser: bool = True, extra: bool = True,
-               recogniser_seed: int = 1234, colour_only: bool = False) -> str:
-    """Write a model pack folder (file names as in buffalo_l, sorted the same way); returns the folder."""
+               recogniser_seed: int = 1234, colour_only: bool = False, style: str = "buffalo_l") -> str:
+    """Write a model pack folder with the file names of `style` (buffalo_l or antelopev2); returns the folder."""
     import onnx
 
+    det_name, rec_name = PACK_FILES[style]
     os.makedirs(folder, exist_ok=True)
     if extra:
         onnx.save(landmark_model(), os.path.join(folder, "2d106det.onnx"))
     if detector:
-        onnx.save(detector_model(), os.path.join(folder, "det_10g.onnx"))
+        onnx.save(detector_model(), os.path.join(folder, det_name))
     if recogniser:
-        onnx.save(recogniser_model(recogniser_seed, colour_only=colour_only), os.path.join(folder, "w600k_r50.onnx"))
+        onnx.save(recogniser_model(recogniser_seed, colour_only=colour_only), os.path.join(folder, rec_name))
     return folder
 
 

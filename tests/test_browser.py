@@ -66,8 +66,9 @@ def server(workflow_models, tmp_path_factory, request):
                        "(.ci/setup-browser downloads it)")
     if missing:
         pytest.fail("the browser test needs: " + "; ".join(missing) + ". .ci/run installs them.", pytrace=False)
-    folders = {k: workflow_models / k for k in ("ipadapter", "pulid", "clip_vision", "checkpoints", "loras",
-                                                "insightface", "facexlib", *dict.fromkeys(tw.SPLIT_FILE_FOLDERS.values()))}
+    folders = {k: workflow_models / k for k in (
+        "ipadapter", "instantid", "pulid", "clip_vision", "checkpoints", "loras", "insightface", "controlnet",
+        "facexlib", *dict.fromkeys(tw.SPLIT_FILE_FOLDERS.values()))}
     # the same server with a newer frontend build (ComfyUI's --front-end-root)
     extra = [] if request.param == "pinned" else ["--front-end-root", str(NEWER_FRONTEND_ROOT)]
     artifacts = ARTIFACTS / f"frontend-{request.param}"
@@ -159,7 +160,7 @@ def test_workflows_load_and_run_in_the_browser(server, vue):
     # Every node that sent text (ui.PreviewText) shows it after the run, not only the checks.
     sent = {node_id: "\n".join(o["text"]) for node_id, o in run["outputs"].items() if o.get("text")}
     panels = {p["id"]: p for p in run["panels"]}
-    assert {node_id: panels.get(node_id, {}).get("text") for node_id in sent} == sent, (sent, run["panels"])
+    assert {node_id: panels.get(node_id, {}).get("text") for node_id in sent} == sent, (sent, run["panels"], run.get("debug"))
     others = [panels[node_id] for node_id in sent if panels[node_id]["type"] not in CHECKS]
     assert others, f"{RUN}: no node other than a check sent text: {sent}"
     assert all(p["shown"] for p in others) or not panels_render, f"{report['mode']}: text not visible: {others}"

@@ -37,17 +37,23 @@ EXPECTED = {
     "ip-adapter-faceid-plusv2_sdxl.bin": ("sdxl-faceid-plus", "SDXL", 4, "ViT-H/14"),
     "ip-adapter-faceid-portrait_sdxl.bin": ("sdxl-faceid-portrait", "SDXL", 16, None),
     "ip-adapter-faceid-portrait_sdxl_unnorm.bin": ("sdxl-faceid-portrait-unnorm", "SDXL", 16, None),
+    "ip-adapter.bin": ("sdxl-instantid", "SDXL", 16, None),  # same shapes as the line above: see test_instantid.py
 }
 
 
+DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2}
+
+
 def write_sparse_safetensors(path, shapes: dict, dtype="F16") -> str:
-    """A full-size safetensors file whose data region is a hole: the header is real, no data is written."""
+    """A full-size safetensors file whose data region is a hole: the header is real, no data is written. `dtype`
+    is one for all tensors, or (image_proj's, the others') for adapters stored in two precisions."""
     header, offset = {}, 0
     for k, shape in sorted(shapes.items()):
-        n = 2
+        kind = dtype if isinstance(dtype, str) else dtype[0 if k.startswith("image_proj.") else 1]
+        n = DTYPE_BYTES[kind]
         for d in shape:
             n *= d
-        header[k] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        header[k] = {"dtype": kind, "shape": list(shape), "data_offsets": [offset, offset + n]}
         offset += n
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)

@@ -250,8 +250,10 @@ def test_references_from_another_pack_name_that_pack(face_model, person_a, face_
 def test_empty_references_are_refused(face_model, person_a):
     empty = object.__new__(references_mod.References)  # nothing in the pack makes one; a foreign node might
     object.__setattr__(empty, "image", None)
-    object.__setattr__(empty, "face", dataclasses.replace(person_a.face, normed=person_a.face.normed[:0],
-                                                          raw=person_a.face.raw[:0]))
+    face = person_a.face
+    object.__setattr__(empty, "face", dataclasses.replace(face, normed=face.normed[:0], raw=face.raw[:0],
+                                                          keypoints=face.keypoints[:0],
+                                                          image_sizes=face.image_sizes[:0]))
     with pytest.raises(errors.InputError, match="`references` are empty"):
         host_check.score_faces(face_model, [("references", empty)], fm.to_comfy(one(None)), 0.0)
 

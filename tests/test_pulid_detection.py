@@ -149,7 +149,7 @@ def test_pulid_files_are_found_in_pulid_ipadapter_and_extra_folders(adapter_fold
     assert {"in-pulid.safetensors", "in-ipadapter.safetensors", "from-yaml.safetensors"} <= set(listed)
     assert folders.adapter_path("from-yaml.safetensors") == str(root / "extra_pulid" / "from-yaml.safetensors")
     assert folders.adapter_path("in-pulid.safetensors") == str(root / "pulid" / "in-pulid.safetensors")
-    with pytest.raises(errors.InputError, match="not one of the choices in the ipadapter and pulid folders"):
+    with pytest.raises(errors.InputError, match="not one of the choices in the ipadapter, instantid and pulid folders"):
         folders.adapter_path("../in-pulid.safetensors")
 
 

@@ -223,7 +223,7 @@ def test_a_foreign_safetensors_file_is_named_as_such(tmp_path, no_pickle):
     (dict(tensors={"face.raw": None}), ["missing face.raw"]),
     (dict(tensors={"face.raw": torch.zeros(3, 512, dtype=torch.int32)}), ["not floating point"]),
     (dict(tensors={"face.raw": torch.full((3, 512), float("nan"))}), ["NaN"]),
-    (dict(meta={"format_version": "2", "likeness_version": "9.0"}), ["newer Likeness (9.0, format 2)", "Update"]),
+    (dict(meta={"format_version": "3", "likeness_version": "9.0"}), ["newer Likeness (9.0, format 3)", "Update"]),
 ])
 def test_metadata_that_disagrees_with_the_tensors_is_refused(tmp_path, change, words, no_pickle):
     refused(rewrite(saved(tmp_path), **change), *words)

@@ -95,8 +95,8 @@ def test_unified_loader_returns_adapter_and_encoder_for_a_real_layout(folders):
     put(folders / "clip_vision", "h.safetensors", VIT_H)
     model = builders.build_unet("sd15", tiny=False)
     out = unified.LikenessUnifiedLoader.execute(model, "STANDARD", 0.6, "buffalo_l")
-    returned_model, adapter, clip_vision, face_model = out.args
-    assert returned_model is model and face_model is None
+    returned_model, adapter, clip_vision, face_model, control_net = out.args
+    assert returned_model is model and face_model is None and control_net is None
     assert adapter.detected.variant.key == "sd15"
     assert clip_vision.model.vision_model.embeddings.class_embedding.shape[-1] == 1280
 
@@ -155,7 +155,8 @@ def test_faceid_preset_returns_face_model_and_the_lora_once(folders, tmp_path_fa
     model = builders.build_unet("sd15", tiny=False)
     with fm.insightface_folder(tmp_path_factory):
         out = unified.LikenessUnifiedLoader.execute(model, "FACEID", 0.6, fm.PACK)
-    patched, adapter, clip_vision, face_model = out.args
+    patched, adapter, clip_vision, face_model, control_net = out.args
+    assert control_net is None
     assert clip_vision is None and face_model is not None and adapter.detected.variant.key == "sd15-faceid"
     assert patched is not model and patched.model_options[lora_mod.APPLIED] == {"faceid.safetensors": 0.6}
     assert len(patched.patches) == 16 * 2 * 4  # q, k, v, out of attn1 and attn2 at every site
@@ -178,7 +179,7 @@ def test_faceid_plus_v1_preset_takes_the_v1_file(folders, tmp_path_factory):
     model = builders.build_unet("sd15", tiny=False)
     with fm.insightface_folder(tmp_path_factory):
         out = unified.LikenessUnifiedLoader.execute(model, "FACEID PLUS", 0.6, fm.PACK, provider="CPU")
-    _, adapter, clip_vision, face_model = out.args
-    assert adapter.name == "ip-adapter-faceid-plus_sd15.safetensors" and clip_vision is not None
+    _, adapter, clip_vision, face_model, control_net = out.args
+    assert adapter.name == "ip-adapter-faceid-plus_sd15.safetensors" and clip_vision is not None and control_net is None
     assert face_model.provider_choice == "CPU" and face_model.providers_used == ("CPUExecutionProvider",)
     assert pack("nodes.core.face").plus_version_hint(adapter)[0] is False, "Project's auto reads v1 from the name"

@@ -16,12 +16,17 @@ test loaders of tests/browser/tiny_loaders (see that module for how the tiny mod
   `ckpt_name` widget (the SDXL layout when the name contains "xl").
 * `CLIPVisionLoader` -> `LikenessTestTinyCLIPVision`: a tiny CLIP vision model written under the
   official file name.
+* `ControlNetLoader` -> `LikenessTestTinyControlNet`: a tiny SDXL ControlNet in InstantID's IdentityNet
+  layout, written under the official file name and loaded with ComfyUI's own ControlNet loader; the real
+  node cannot load a tiny diffusers-layout file (ComfyUI reads such a file's config from a table of
+  published models), and the ControlNet must run on the latent pooled like the tiny UNet's.
 * `UNETLoader`, `CLIPLoader`, `DualCLIPLoader`, `VAELoader` -> tiny FLUX.1 / Qwen-Image / OmniGen2
   diffusion models, their text encoders and VAEs, picked by the shipped file name or type.
 
 Everything else runs exactly as shipped, with the shipped widget values: `LikenessAdapterLoader` loads
 tiny adapters written under the official file names (layout, encoder feature and base model taken from
-the variants table, sized for the tiny models; FaceID ones in the .bin layout with their LoRA),
+the variants table, sized for the tiny models; FaceID ones in the .bin layout with their LoRA; InstantID's
+in models/instantid),
 `LikenessFaceModelLoader` loads the synthetic insightface-compatible ONNX pack of tests/face_models.py
 written under the shipped pack name, `LikenessIDEncoderLoader` a tiny EVA-CLIP and a random BiSeNet in
 their published layouts (tests/pulid_models.py), `LoraLoaderModelOnly` loads a tiny LoRA under the shipped name,
@@ -230,8 +235,15 @@ SPLIT_FILE_FOLDERS = {("UNETLoader", "unet_name"): "diffusion_models", ("CLIPLoa
 TINY_ENCODERS = {1280: dict(hidden=64, projection=32), 1664: dict(hidden=96, projection=48)}  # by real hidden width
 
 
+def adapter_folder(name: str) -> str:
+    """The model folder the variants table names for an official adapter file (ipadapter, instantid, pulid): where
+    the workflows' loaders say it goes, so the frontend's missing-model check finds it there."""
+    return next(v for v in pack("nodes.core.variants").VARIANTS if name in v.files).folder
+
+
 def write_tiny_adapter(folder: Path, name: str) -> None:
-    """A tiny adapter in the official file's layout: same projection kind, encoder feature and base model."""
+    """A tiny adapter in the official file's layout (same projection kind, encoder feature and base model, tensors
+    stored in the published file's precision)."""
     variants = pack("nodes.core.variants")
     variant = next(v for v in variants.VARIANTS if name in v.files)
     if variant.pulid:  # the published PuLID naming, sized for the tiny SDXL / FLUX and the tiny EVA-CLIP
@@ -252,6 +264,10 @@ def write_tiny_adapter(folder: Path, name: str) -> None:
         layout = {variants.Layout.FACEID_PLUS: "plus", variants.Layout.RESAMPLER: "portrait-unnorm",
                   variants.Layout.FACEID_MLP: "faceid" if variant.tokens == 4 else "portrait"}[variant.layout]
         state = face_models.tiny_faceid_state(layout, widths, clip_width=TINY_ENCODERS[1280]["hidden"], seed=len(name))
+        if variant.stored_dtypes:  # what tells apart published files of one layout
+            dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+            state = {k: v.to(dtypes[variant.stored_dtypes[0 if k.startswith("image_proj.") else 1]])
+                     for k, v in state.items()}
         if name.endswith(".bin"):  # the official .bin layout: {"image_proj": {...}, "ip_adapter": {...}}
             nested = {}
             for key, value in state.items():
@@ -298,8 +314,8 @@ def workflow_models(models_dir, tmp_path_factory):
     workflows = [_load(p) for p in WORKFLOWS]
     extra = tmp_path_factory.mktemp("workflow_models")
     stack = contextlib.ExitStack()  # every folder registered here comes first, and is unregistered after the module
-    for folder in dict.fromkeys(("ipadapter", "pulid", "clip_vision", "checkpoints", "loras", "insightface",
-                                 "facexlib", *SPLIT_FILE_FOLDERS.values())):
+    for folder in dict.fromkeys(("ipadapter", "instantid", "pulid", "clip_vision", "checkpoints", "loras",
+                                 "insightface", "controlnet", "facexlib", *SPLIT_FILE_FOLDERS.values())):
         (extra / folder).mkdir()
         stack.enter_context(face_models.model_folder(folder, str(extra / folder), first=True))
     for name in _file_widgets(workflows, "CLIPVisionLoader", "clip_name"):
@@ -307,8 +323,10 @@ def workflow_models(models_dir, tmp_path_factory):
         builders.write_tiny_clip_vision(str(extra / "clip_vision"), Path(name).stem, seed=hidden,
                                         **TINY_ENCODERS[hidden])
     for name in _file_widgets(workflows, "LikenessAdapterLoader", "adapter_name"):
-        # where users keep them, so the frontend's missing-model check finds each file in the folder it names
-        write_tiny_adapter(extra / ("pulid" if name.startswith("pulid") else "ipadapter"), name)
+        write_tiny_adapter(extra / adapter_folder(name), name)
+    for name in _file_widgets(workflows, "ControlNetLoader", "control_net_name"):
+        # InstantID's IdentityNet, for the tiny SDXL, in its published diffusers layout
+        builders.save_safetensors(str(extra / "controlnet" / name), builders.tiny_identitynet_state())
     for name in _file_widgets(workflows, "CheckpointLoaderSimple", "ckpt_name"):
         (extra / "checkpoints" / name).write_bytes(b"")  # listed for the combo; the tiny loader builds the model
     for (class_type, widget), folder in SPLIT_FILE_FOLDERS.items():
@@ -323,7 +341,8 @@ def workflow_models(models_dir, tmp_path_factory):
         for name in _file_widgets([wf], "LoraLoaderModelOnly", "lora_name"):
             write_tiny_lora(extra / "loras" / name, tiny_loaders.kind_for(next(iter(ckpts))))
     for name in _file_widgets(workflows, "LikenessFaceModelLoader", "model_pack"):
-        face_models.write_pack(str(extra / "insightface" / "models" / name))  # synthetic ONNX models (see there)
+        face_models.write_pack(str(extra / "insightface" / "models" / name),  # synthetic ONNX models (see there)
+                               style=name if name in face_models.PACK_FILES else "buffalo_l")
     inputs = tmp_path_factory.mktemp("input")
     for image in (PACK / "workflows" / "inputs").rglob("*.png"):  # subfolders: Load Image Dataset from Folder
         target = inputs / image.relative_to(PACK / "workflows" / "inputs")
@@ -502,6 +521,7 @@ def check_run(prompt: dict, score: str):
 @pytest.mark.parametrize("name, photos", [
     ("likeness_identity_check_faceid", ["likeness_face_1.png", "likeness_face_2.png"]),
     ("likeness_subject_check_product", ["likeness_product_1.png", "likeness_product_3.png"]),
+    ("likeness_instantid_identity_check", ["likeness_face_1.png", "likeness_face_3.png"]),
     # The edit-model examples score against the candidates' faces; the merge would drop other people, and the test
     # recogniser sees all 8 candidates as one person.
     ("likeness_kontext_reference_pack", ["likeness_candidates/candidate_2.png", "likeness_candidates/candidate_5.png"]),

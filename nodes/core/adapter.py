@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -33,11 +34,18 @@ class Adapter:
     def describe(self) -> str:
         return f"`{self.name}`: {self.detected.summary()}"
 
+    def as_variant(self, title: str) -> "Adapter":
+        """This adapter taken for another published family of the same layout (the tensors are shared)."""
+        if self.detected.variant is not None and self.detected.variant.title == title:
+            return self
+        return dataclasses.replace(self, detected=self.detected.as_variant(title))
+
 
 def load_adapter(path: str) -> Adapter:
     name = os.path.basename(path)
     state = checkpoint.load_state_dict(path)
-    detected = detect({k: tuple(v.shape) for k, v in state.items()}, name)
+    detected = detect({k: tuple(v.shape) for k, v in state.items()}, name,
+                      {k: checkpoint.dtype_name(v.dtype) for k, v in state.items()}, path)
     proj_state = {k[len("image_proj."):]: v for k, v in state.items() if k.startswith("image_proj.")}
     try:
         projection = build_projection(detected.layout, proj_state)
@@ -69,5 +77,6 @@ def _flux_modules(name: str, state: dict, ids) -> tuple:
 
 def read_detection(path: str) -> Detected:
     """Detect without loading tensor data (safetensors header only)."""
-    return detect(checkpoint.read_shapes(path), os.path.basename(path))
+    shapes, dtypes = checkpoint.read_header(path)
+    return detect(shapes, os.path.basename(path), dtypes, path)
 

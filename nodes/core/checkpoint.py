@@ -115,12 +115,34 @@ def _normalise_group_key(key: str) -> str | None:
     return f"{group}.{rest}" if group and rest else None
 
 
-def read_shapes(path: str) -> dict[str, tuple[int, ...]]:
-    """Key -> shape, without reading tensor data for safetensors (a memory-mapped load for .bin)."""
+_DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """A torch dtype under its safetensors name (F32, F16, BF16...)."""
+    return _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def read_header(path: str) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """(key -> shape, key -> dtype name), without reading tensor data for safetensors (a memory-mapped load for
+    .bin, not checked for NaN: only shapes and dtypes are wanted)."""
     if path.lower().endswith(".safetensors"):
         header = read_safetensors_header(path)
-        return {(_normalise_group_key(k) or k): tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
-    return {k: tuple(t.shape) for k, t in load_state_dict(path, mmap=True, finite=False).items()}
+        shapes, dtypes = {}, {}
+        for k, v in header.items():
+            if k == "__metadata__":
+                continue
+            nk = _normalise_group_key(k) or k
+            shapes[nk] = tuple(v["shape"])
+            dtypes[nk] = v["dtype"]
+        return shapes, dtypes
+    state = load_state_dict(path, mmap=True, finite=False)
+    return {k: tuple(t.shape) for k, t in state.items()}, {k: dtype_name(t.dtype) for k, t in state.items()}
+
+
+def read_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape, without reading tensor data for safetensors (a memory-mapped load for .bin)."""
+    return read_header(path)[0]
 
 
 def load_state_dict(path: str, mmap: bool = False, finite: bool = True) -> dict[str, torch.Tensor]:

@@ -260,4 +260,5 @@ def project_faces(adapter: Adapter, refs: References, negative: References | Non
         cond, uncond = run(cond_id[:, None]), run(uncond_id[:, None])
     else:
         cond, uncond = run(cond_id), run(uncond_id)
-    return ImageTokens(adapter.name, det.tokens_width, cond.shape[1], cond, uncond)
+    return ImageTokens(adapter.name, det.tokens_width, cond.shape[1], cond, uncond,
+                       det.variant.key if det.variant else "")

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import IncompatibleError, InputError
-from .references import References, check_reference_count
+from .references import FaceIdentity, References, check_reference_count
 
 MERGE_MODES = ("concat", "average", "weighted average", "norm average", "norm average (per element)", "add",
                "subtract", "max", "min")
@@ -151,10 +151,7 @@ def gather(inputs: Sequence[tuple[str, References]]) -> Gathered:
             image_embeds=torch.cat([r.image.image_embeds for _, r in inputs]),
             penultimate=torch.cat([r.image.penultimate for _, r in inputs]))
     if first.face is not None:
-        face = dataclasses.replace(
-            first.face,
-            normed=torch.cat([r.face.normed for _, r in inputs]),
-            raw=torch.cat([r.face.raw for _, r in inputs]))
+        face = FaceIdentity.concat([r.face for _, r in inputs])
     return Gathered(References(image=image, face=face, parsed_face=parsed), counts)
 
 
@@ -307,7 +304,7 @@ def _take(refs: References, rows: Sequence[int]) -> References:
         image = dataclasses.replace(refs.image, image_embeds=refs.image.image_embeds[index],
                                     penultimate=refs.image.penultimate[index])
     if refs.face is not None:
-        face = dataclasses.replace(refs.face, normed=refs.face.normed[index], raw=refs.face.raw[index])
+        face = refs.face.rows(index)
     return References(image=image, face=face, parsed_face=parsed)
 
 
@@ -324,7 +321,8 @@ def _combined(refs: References, mode: str, weights: torch.Tensor) -> References:
         image = dataclasses.replace(refs.image, image_embeds=combine(refs.image.image_embeds, mode, weights),
                                     penultimate=combine(refs.image.penultimate, mode, weights))
     if refs.face is not None:
-        face = dataclasses.replace(refs.face, normed=combine(refs.face.normed, mode, weights),
+        # one combined face keeps the pose (keypoints) of the first kept photo
+        face = dataclasses.replace(refs.face.rows(torch.tensor([0])), normed=combine(refs.face.normed, mode, weights),
                                    raw=combine(refs.face.raw, mode, weights))
     return References(image=image, face=face, parsed_face=parsed)
 

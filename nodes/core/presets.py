@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import LikenessError
-from .variants import ENCODERS, KOLORS, VARIANTS, Detected, Encoder, encoder_named
+from .variants import ENCODERS, KOLORS, VARIANTS, Detected, Encoder, encoder_named, variant_by_key
 
 
 class MissingModelError(LikenessError):
@@ -22,6 +22,7 @@ class MissingModelError(LikenessError):
 HF = "huggingface.co/h94/IP-Adapter"
 HF_FACEID = "huggingface.co/h94/IP-Adapter-FaceID"
 HF_COMPOSITION = "huggingface.co/ostris/ip-composition-adapter"
+HF_INSTANTID = "huggingface.co/InstantX/InstantID"
 HF_KOLORS = "huggingface.co/Kwai-Kolors/Kolors-IP-Adapter-Plus"
 
 
@@ -36,6 +37,20 @@ class Choice:
     avoid: str = ""  # regex: names of the other files sharing the layout
     lora: str = ""  # official LoRA file for FaceID presets
     face: bool = False  # needs an insightface model pack
+
+    @property
+    def controlnet(self) -> tuple[str, str] | None:
+        """(file, source) of a ControlNet trained with the adapter, which the preset also finds (InstantID)."""
+        v = variant_by_key(self.variant)
+        return (v.controlnet_file, v.controlnet_source) if v.controlnet_file else None
+
+    @property
+    def face_pack(self) -> str:
+        return variant_by_key(self.variant).face_pack
+
+    @property
+    def folder(self) -> str:
+        return f"models/{variant_by_key(self.variant).folder}"
 
     @property
     def encoder(self) -> Encoder | None:
@@ -83,6 +98,7 @@ PRESETS: dict[str, dict[str, Choice]] = {
                                        face=True)},
     "FACEID PORTRAIT UNNORM": {"SDXL": Choice("sdxl-faceid-portrait-unnorm",
                                               "ip-adapter-faceid-portrait_sdxl_unnorm.bin", HF_FACEID, face=True)},
+    "INSTANTID": {"SDXL": Choice("sdxl-instantid", "ip-adapter.bin", HF_INSTANTID, face=True)},
     "KOLORS": {KOLORS: Choice("kolors-plus", "Kolors-IP-Adapter-Plus.bin", HF_KOLORS + " (ip_adapter_plus_general.bin)")},
 }
 
@@ -134,8 +150,9 @@ class PresetStatus:
 
 
 def availability(adapters: list[tuple[str, Detected]], encoders: list[Encoder], loras: list[str],
-                 face_packs: list[str]) -> list[PresetStatus]:
-    """For every preset and base model: usable with which files, or what to download."""
+                 face_packs: list[str], identitynets: list[str] | None = None) -> list[PresetStatus]:
+    """For every preset and base model: usable with which files, or what to download. A ControlNet a preset also
+    finds is optional: its absence is noted, the preset stays usable."""
     rows = []
     lora_names = {os.path.basename(n).lower() for n in loras}
     for preset, table in PRESETS.items():
@@ -145,7 +162,7 @@ def availability(adapters: list[tuple[str, Detected]], encoders: list[Encoder], 
             if ranked:
                 using.append(ranked[0])
             else:
-                missing.append(f"{choice.file} ({choice.source}) -> models/ipadapter")
+                missing.append(f"{choice.file} ({choice.source}) -> {choice.folder}")
             enc = choice.encoder
             if enc is not None:
                 if any(e.same_as(enc) for e in encoders):
@@ -155,8 +172,13 @@ def availability(adapters: list[tuple[str, Detected]], encoders: list[Encoder], 
             own_lora = bool(ranked) and dict(adapters)[ranked[0]].has_lora
             if choice.lora and not own_lora and choice.lora.lower() not in lora_names:
                 missing.append(f"{choice.lora} ({choice.source}) -> models/loras")
-            if choice.face and "buffalo_l" not in face_packs:
-                missing.append("buffalo_l face model pack -> models/insightface/models/buffalo_l/*.onnx")
-            rows.append(PresetStatus(preset, family, not missing,
-                                     ", ".join(using) if not missing else "missing: " + "; ".join(missing)))
+            if choice.face and choice.face_pack not in face_packs:
+                missing.append(f"{choice.face_pack} face model pack -> "
+                               f"models/insightface/models/{choice.face_pack}/*.onnx")
+            detail = ", ".join(using) if not missing else "missing: " + "; ".join(missing)
+            if choice.controlnet:
+                file, source = choice.controlnet
+                detail += (f", ControlNet {identitynets[0]}" if identitynets else
+                           f" (ControlNet not found: {file} from {source} -> models/controlnet)")
+            rows.append(PresetStatus(preset, family, not missing, detail))
     return rows

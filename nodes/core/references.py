@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -73,10 +75,38 @@ class FaceIdentity:
     model: str  # face model pack, e.g. "buffalo_l"
     normed: torch.Tensor  # [N, 512], L2-normalised
     raw: torch.Tensor  # [N, 512], as the recogniser gave it
+    # Where each face was: its 5 keypoints in pixels of its photo (eyes, nose tip, mouth corners) and the photo's
+    # (width, height). InstantID draws its pose from them. None for identities made without them.
+    keypoints: torch.Tensor | None = None  # [N, 5, 2]
+    image_sizes: torch.Tensor | None = None  # [N, 2]
+
+    def __post_init__(self):
+        if (self.keypoints is None) != (self.image_sizes is None):
+            raise InputError("face keypoints and the sizes of their photos go together; one of them is missing.")
+        if self.keypoints is not None and (tuple(self.keypoints.shape) != (self.count, 5, 2)
+                                           or tuple(self.image_sizes.shape) != (self.count, 2)):
+            raise InputError(f"face keypoints {tuple(self.keypoints.shape)} and photo sizes "
+                             f"{tuple(self.image_sizes.shape)} do not describe {self.count} faces.")
 
     @property
     def count(self) -> int:
         return self.normed.shape[0]
+
+    def rows(self, index: torch.Tensor) -> "FaceIdentity":
+        """The faces at `index` (a LongTensor of rows), keypoints included."""
+        pose = {} if self.keypoints is None else dict(keypoints=self.keypoints[index],
+                                                       image_sizes=self.image_sizes[index])
+        return dataclasses.replace(self, normed=self.normed[index], raw=self.raw[index], **pose)
+
+    @staticmethod
+    def concat(faces: Sequence["FaceIdentity"]) -> "FaceIdentity":
+        """Faces of one face model, in order; keypoints are kept when every part has them."""
+        with_pose = all(f.keypoints is not None for f in faces)
+        pose = dict(keypoints=torch.cat([f.keypoints for f in faces]),
+                    image_sizes=torch.cat([f.image_sizes for f in faces])) if with_pose else dict(
+            keypoints=None, image_sizes=None)
+        return dataclasses.replace(faces[0], normed=torch.cat([f.normed for f in faces]),
+                                   raw=torch.cat([f.raw for f in faces]), **pose)
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,6 +168,7 @@ class ImageTokens:
     tokens_per_reference: int
     cond: torch.Tensor
     uncond: torch.Tensor
+    variant: str = ""  # key of the adapter's row in the variants table, when it has one
 
     def __deepcopy__(self, memo):
         return self
@@ -193,13 +224,14 @@ def match_count(t: torch.Tensor, n: int) -> torch.Tensor:
 @torch.no_grad()
 def project_references(adapter: Adapter, refs: References, negative: References | None = None,
                        device: torch.device | None = None, faceid_plus_v2: bool | None = None,
-                       faceid_v2_weight: float = 1.0) -> ImageTokens:
+                       faceid_v2_weight: float = 1.0, noise: float | None = None) -> ImageTokens:
     """Encoder features (or face identities, for FaceID adapters) -> image tokens.
 
     The uncond side follows the reference implementation unless `negative` is given: zeros in embedding
     space for pooled-embedding adapters, and the encoder's features of an all-zero normalised image
     (mean grey) for hidden-state adapters. FaceID adapters: see `face.project_faces`, which also takes the
-    FaceID Plus version (None: guessed from the file name) and the Plus v2 shortcut weight.
+    FaceID Plus version (None: guessed from the file name) and the Plus v2 shortcut weight. InstantID: see
+    `instantid.project_identity`; `noise` is its uncond noise (None: InstantID's default).
     """
     det = adapter.detected
     if det.pulid:
@@ -207,8 +239,12 @@ def project_references(adapter: Adapter, refs: References, negative: References 
 
         return project_pulid(adapter, refs, negative, device)
     if det.faceid:
+        from . import instantid
         from .face import project_faces
 
+        if instantid.is_instantid(adapter):
+            return instantid.project_identity(adapter, refs, negative, device,
+                                              instantid.DEFAULT_NOISE if noise is None else noise)
         return project_faces(adapter, refs, negative, device, plus_v2=faceid_plus_v2, v2_weight=faceid_v2_weight)
     feats = _image_features(adapter, refs, "references")
     neg = None if negative is None else _image_features(adapter, negative, "negative references")
@@ -228,4 +264,5 @@ def project_references(adapter: Adapter, refs: References, negative: References 
     proj = working_projection(adapter, device)
     cond = proj(cond_in.to(device, torch.float32)).float().cpu()
     uncond = proj(uncond_in.to(device, torch.float32)).float().cpu()
-    return ImageTokens(adapter.name, det.tokens_width, cond.shape[1], cond, uncond)
+    return ImageTokens(adapter.name, det.tokens_width, cond.shape[1], cond, uncond,
+                       det.variant.key if det.variant else "")

@@ -6,6 +6,8 @@ Tensors                              Metadata (all strings)
   image.empty_penultimate[1, S, H]     image.encoder, image.hidden_width (H), image.embed_width (E),
   face.normed            [N, W]          image.tokens (S), image.source
   face.raw               [N, W]        face.model, face.width (W)
+  face.keypoints         [N, 5, 2]     face.keypoints = "5" when the two pose tensors are there (format 2)
+  face.image_sizes       [N, 2] int64
   parsed_face.embeds     [N, E']       parsed_face.encoder, parsed_face.source, parsed_face.levels (L),
   parsed_face.hidden     [N, L, S', H']  parsed_face.tokens (S'), parsed_face.hidden_width (H'),
                                          parsed_face.embed_width (E')   (PuLID's EVA-CLIP features)
@@ -29,10 +31,11 @@ from .references import (MAX_REFERENCES, EncoderInfo, FaceIdentity, ImageFeature
 from .variants import Feature, encoder_by_width
 
 FORMAT = "likeness.references"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added each face's keypoints and photo size; files without them are still written as 1
 IMAGE_TENSORS = ("image.image_embeds", "image.penultimate", "image.empty_penultimate")
 IMAGE_TENSORS_BY_FIELD = {t.split(".", 1)[1]: t for t in IMAGE_TENSORS}
 FACE_TENSORS = ("face.normed", "face.raw")
+POSE_TENSORS = ("face.keypoints", "face.image_sizes")
 PARSED_FACE_TENSORS = ("parsed_face.embeds", "parsed_face.hidden")
 _PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
@@ -49,7 +52,8 @@ def likeness_version() -> str:
 def to_tensors_and_metadata(refs: References) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     parts = [p for p, v in (("image", refs.image), ("face", refs.face), ("parsed_face", refs.parsed_face))
              if v is not None]
-    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "likeness_version": likeness_version(),
+    # format 1 unless the file holds keypoints, so Likeness versions that know no keypoints still read it
+    meta = {"format": FORMAT, "format_version": "1", "likeness_version": likeness_version(),
             "count": str(refs.count), "parts": ",".join(parts)}
     tensors = {}
     if refs.image is not None:
@@ -64,6 +68,10 @@ def to_tensors_and_metadata(refs: References) -> tuple[dict[str, torch.Tensor], 
     if refs.face is not None:
         tensors.update({"face.normed": refs.face.normed, "face.raw": refs.face.raw})
         meta.update({"face.model": refs.face.model, "face.width": str(refs.face.normed.shape[-1])})
+        if refs.face.keypoints is not None:
+            tensors.update({"face.keypoints": refs.face.keypoints.float(),
+                            "face.image_sizes": refs.face.image_sizes.long()})
+            meta.update({"face.keypoints": "5", "format_version": "2"})
     if refs.parsed_face is not None:
         p = refs.parsed_face
         tensors.update({"parsed_face.embeds": p.embeds, "parsed_face.hidden": p.hidden})
@@ -155,8 +163,9 @@ def from_tensors_and_metadata(tensors: dict[str, torch.Tensor], meta: dict | Non
         raise ReferencesFileError(
             f"`{name}` is damaged: metadata `parts` should list `image`, `face` and/or `parsed_face`, found "
             f"{meta.get('parts')!r}.")
+    pose = "face" in parts and meta.get("face.keypoints") is not None
     expected = (set(IMAGE_TENSORS if "image" in parts else ()) | set(FACE_TENSORS if "face" in parts else ())
-                | set(PARSED_FACE_TENSORS if "parsed_face" in parts else ()))
+                | set(POSE_TENSORS if pose else ()) | set(PARSED_FACE_TENSORS if "parsed_face" in parts else ()))
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
         raise ReferencesFileError(
@@ -194,7 +203,18 @@ def from_tensors_and_metadata(tensors: dict[str, torch.Tensor], meta: dict | Non
             raise ReferencesFileError(f"`{name}` is damaged: metadata `face.model` (the face model) is missing.")
         for key in FACE_TENSORS:
             _check_shape(name, key, tensors[key], (count, width), f"count {count}, identity width {width}")
-        face = FaceIdentity(model, tensors["face.normed"], tensors["face.raw"])
+        keypoints = sizes = None
+        if pose:
+            if meta.get("face.keypoints") != "5":
+                raise ReferencesFileError(f"`{name}` is damaged: metadata `face.keypoints` should be 5, found "
+                                          f"{meta.get('face.keypoints')!r}.")
+            keypoints, sizes = tensors["face.keypoints"], tensors["face.image_sizes"]
+            _check_shape(name, "face.keypoints", keypoints, (count, 5, 2), f"count {count}, 5 keypoints")
+            if tuple(sizes.shape) != (count, 2) or sizes.dtype != torch.int64 or not bool((sizes > 0).all()):
+                raise ReferencesFileError(
+                    f"`{name}` is damaged: tensor `face.image_sizes` should hold {count} positive (width, height) "
+                    f"pairs as int64; found {sizes.dtype} of shape {tuple(sizes.shape)}.")
+        face = FaceIdentity(model, tensors["face.normed"], tensors["face.raw"], keypoints, sizes)
     parsed = None
     if "parsed_face" in parts:
         embed, levels = _int(meta, "parsed_face.embed_width", name), _int(meta, "parsed_face.levels", name)

@@ -7,6 +7,7 @@ them from here.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import re
@@ -130,6 +131,16 @@ class Variant:
     faceid: bool = False
     lora: bool = False  # trained together with a LoRA on the UNet's attention (FaceID, FaceID Plus)
     note: str = ""
+    face_pack: str = "buffalo_l"  # the insightface pack whose identities it was trained on (FaceID families)
+    folder: str = "ipadapter"  # the model folder its files go in
+    source: str = ""  # where the official files are published
+    # Rows that share one layout are told apart by what else the published file shows: the dtypes of its
+    # `image_proj` and `ip_adapter` groups (safetensors names: F32, F16, BF16), then a file name pattern.
+    stored_dtypes: tuple[str, str] | None = None
+    name_hint: str = ""
+    # A ControlNet trained with the adapter (InstantID's IdentityNet): its published file name and where it is.
+    controlnet_file: str = ""
+    controlnet_source: str = ""
     encoder: str = ""  # the encoder's name when the widths alone do not say (ViT-L/14 vs ViT-L/14-336)
     inner_width: int = 0  # width inside a resampler, when it tells two families apart (0: any)
     token_width: int = 0  # width of the tokens when it differs from the attention's context width (0: the same)
@@ -176,18 +187,26 @@ VARIANTS: tuple[Variant, ...] = (
             "SDXL", 512, 4, ("ip-adapter-faceid-plusv2_sdxl.bin",), faceid=True, lora=True),
     Variant("sdxl-faceid-portrait", "FaceID Portrait", Layout.FACEID_MLP, Feature.FACE_ID, "SDXL", 512, 16,
             ("ip-adapter-faceid-portrait_sdxl.bin",), faceid=True),
+    # InstantID comes first of the two rows with this layout: it is what a file that shows nothing else is taken for.
+    Variant("sdxl-instantid", "InstantID", Layout.RESAMPLER, Feature.FACE_ID, "SDXL", 512, 16, ("ip-adapter.bin",),
+            faceid=True, face_pack="antelopev2", folder="instantid", source="huggingface.co/InstantX/InstantID",
+            stored_dtypes=("F32", "F32"), name_hint=r"instant", controlnet_file="diffusion_pytorch_model.safetensors",
+            controlnet_source="huggingface.co/InstantX/InstantID (folder ControlNetModel)",
+            note="takes the raw antelopev2 identity embedding; pairs with the IdentityNet ControlNet "
+                 "(Likeness InstantID Control)"),
     Variant("sdxl-faceid-portrait-unnorm", "FaceID Portrait (unnorm)", Layout.RESAMPLER, Feature.FACE_ID,
             "SDXL", 512, 16, ("ip-adapter-faceid-portrait_sdxl_unnorm.bin",), faceid=True,
+            stored_dtypes=("F32", "F16"), name_hint=r"portrait|unnorm",
             note="takes the raw, un-normalised identity embedding"),
     # PuLID: antelopev2 identity + EVA-CLIP features of the parsed face, through the ID encoder (Likeness ID
     # Encoder Loader, Likeness Face Embed's id_encoder input).
     Variant("sdxl-pulid", "PuLID v1", Layout.PULID_ENCODER, Feature.PULID, "SDXL", 1280, 10,
-            ("ip-adapter_pulid_sdxl_fp16.safetensors", "pulid_v1.bin"),
+            ("ip-adapter_pulid_sdxl_fp16.safetensors", "pulid_v1.bin"), folder="pulid",
             note="the safetensors file is a conversion of pulid_v1.bin with IP-Adapter key names"),
     Variant("sdxl-pulid-v1.1", "PuLID v1.1", Layout.PULID_FORMER, Feature.PULID, "SDXL", 1280, 32,
-            ("pulid_v1.1.safetensors", "ip-adapter_pulidv1.1_sdxl_fp16.safetensors")),
+            ("pulid_v1.1.safetensors", "ip-adapter_pulidv1.1_sdxl_fp16.safetensors"), folder="pulid"),
     Variant("flux-pulid", "PuLID-FLUX v0.9.0 / v0.9.1", Layout.PULID_FORMER, Feature.PULID, FLUX, 1280, 32,
-            ("pulid_flux_v0.9.1.safetensors", "pulid_flux_v0.9.0.safetensors"),
+            ("pulid_flux_v0.9.1.safetensors", "pulid_flux_v0.9.0.safetensors"), folder="pulid",
             note="v0.9.0 and v0.9.1 share one layout; they differ by training (v0.9.1 holds identity better)"),
     # Kolors (Kwai-Kolors): an SDXL-layout UNet with a ChatGLM text encoder.
     Variant("kolors-plus", "Kolors Plus", Layout.RESAMPLER, Feature.PENULTIMATE, KOLORS, 1024, 16,
@@ -212,6 +231,21 @@ def pulid_flux_blocks(double_blocks: int, single_blocks: int) -> tuple[tuple[str
             + tuple(("single_block", i) for i in range(0, single_blocks, PULID_FLUX_SINGLE_INTERVAL)))
 
 
+def variant_by_key(key: str) -> Variant:
+    return next(v for v in VARIANTS if v.key == key)
+
+
+def shared_layout_titles() -> tuple[str, ...]:
+    """Titles of the rows whose layout another row shares: the choices a loader offers to override detection."""
+    def layout_of(v):
+        return (v.layout, v.feature, v.family, v.input_width, v.tokens)
+
+    counts: dict = {}
+    for v in VARIANTS:
+        counts[layout_of(v)] = counts.get(layout_of(v), 0) + 1
+    return tuple(v.title for v in VARIANTS if counts[layout_of(v)] > 1)
+
+
 @dataclass(frozen=True)
 class Detected:
     """What a checkpoint is, read from its shapes."""
@@ -225,10 +259,23 @@ class Detected:
     layer_widths: tuple[int, ...]  # inner width of each of those layers
     has_lora: bool
     variant: Variant | None  # the official row, when one matches
+    alternatives: tuple[Variant, ...] = ()  # other rows with the same layout, when several match
+    reason: str = ""  # why `variant` was chosen among them
     model_family: str = ""  # set when the file names its model family (PuLID-FLUX)
     vit_width: int = 0  # PuLID: width of the EVA-CLIP hidden states its encoder reads
     token_width: int = 0  # width of the projection's tokens; 0: the context width
     inner_width: int = 0  # width inside a resampler (0: none)
+
+    def as_variant(self, title: str) -> "Detected":
+        """The same detection with `variant` set to the row titled `title`, which must share this layout."""
+        for v in (self.variant, *self.alternatives):
+            if v is not None and v.title == title:
+                others = tuple(a for a in (self.variant, *self.alternatives) if a is not None and a is not v)
+                return dataclasses.replace(self, variant=v, alternatives=others, reason="set on the loader")
+        shared = ", ".join(v.title for v in (self.variant, *self.alternatives) if v is not None) or "none"
+        raise AdapterFileError(
+            f"this adapter cannot be used as {title}: its layout ({self.summary().split(';')[0]}) is not {title}'s. "
+            f"Adapters of this layout: {shared}. Set the loader's variant to auto.")
 
     @property
     def family(self) -> str:
@@ -311,13 +358,17 @@ class Detected:
             parts.append(f"reads antelopev2 faces and {self.encoder.describe()} features (Likeness Face Embed with "
                          "an id_encoder from Likeness ID Encoder Loader)")
         elif self.faceid:
-            parts.append("identity embedding input (use the FaceID nodes)")
+            pack = self.variant.face_pack if self.variant else "a face model pack"
+            parts.append(f"identity embedding input from {pack} (use the FaceID nodes: Likeness Face Embed)")
         else:
             parts.append(f"needs {self.encoder_requirement()}")
         if self.variant and len(self.variant.files) > 1:
             parts.append("same layout as " + ", ".join(self.variant.files))
         if self.variant and self.variant.note:
             parts.append(self.variant.note)
+        if self.alternatives:
+            parts.append(f"taken for {self.variant.title} rather than "
+                         + " or ".join(a.title for a in self.alternatives) + f" because {self.reason}")
         return "; ".join(parts)
 
 
@@ -353,10 +404,12 @@ def _kv_layers(shapes: Mapping[str, Sequence[int]], source: str):
     return layer_ids, tuple(widths), contexts.pop()
 
 
-def detect(shapes: Mapping[str, Sequence[int]], source: str) -> Detected:
+def detect(shapes: Mapping[str, Sequence[int]], source: str, dtypes: Mapping[str, str] | None = None,
+           path: str = "") -> Detected:
     """Detect an adapter from `{"image_proj.<k>" | "ip_adapter.<k>" | "pulid_ca.<k>": shape}`.
 
-    `source` names the file in messages.
+    `source` names the file in messages. Where two published adapters share one layout, the tensors' `dtypes`
+    (safetensors names) and then the file's `path` (default: `source`) tell them apart (see `tell_apart`).
     """
     if is_pulid(shapes):
         return _detect_pulid(shapes, source)
@@ -413,14 +466,57 @@ def detect(shapes: Mapping[str, Sequence[int]], source: str) -> Detected:
         tokens_for_match = 257
     else:
         tokens_for_match = tokens
+    # Rows are matched on the UNet layout (its number of sites); the context width is the model's business and is
+    # checked against it at Apply, so an adapter for a narrowed copy of a layout (the tests' tiny UNets) finds its row.
+    fam = next((f.name for f in FAMILIES if f.sites == len(layer_ids)), None)
     inner_width = s("latents")[2] if layout is Layout.RESAMPLER else 0
-    fam = family_name(context, len(layer_ids))
-    variant = next((v for v in VARIANTS if v.layout is layout and UNET_LAYOUT[v.family] == fam
-                    and v.input_width == input_width and v.tokens == tokens_for_match
-                    and v.feature is feature and v.token_width == token_width
-                    and v.inner_width in (0, inner_width)), None)
+    rows = [v for v in VARIANTS if v.layout is layout and UNET_LAYOUT.get(v.family) == fam
+            and v.input_width == input_width and v.tokens == tokens_for_match and v.feature is feature
+            and v.token_width == token_width and v.inner_width in (0, inner_width)]
+    found = dict(token_width=token_width, inner_width=inner_width)
+    if len(rows) < 2:
+        return Detected(layout, feature, input_width, context, tokens, layer_ids, tuple(widths), has_lora,
+                        rows[0] if rows else None, **found)
+    variant, reason = tell_apart(rows, group_dtypes(dtypes), path or source)
     return Detected(layout, feature, input_width, context, tokens, layer_ids, tuple(widths), has_lora, variant,
-                    token_width=token_width, inner_width=inner_width)
+                    tuple(v for v in rows if v is not variant), reason, **found)
+
+
+def group_dtypes(dtypes: Mapping[str, str] | None) -> tuple[str, str] | None:
+    """(dtype of `image_proj`, dtype of `ip_adapter`) when each group has one; None when unknown or mixed."""
+    if not dtypes:
+        return None
+    found = []
+    for group in ("image_proj.", "ip_adapter."):
+        kinds = {d for k, d in dtypes.items() if k.startswith(group) and "_lora." not in k}
+        if len(kinds) != 1:
+            return None
+        found.append(kinds.pop())
+    return found[0], found[1]
+
+
+def tell_apart(rows: Sequence[Variant], stored: tuple[str, str] | None, path: str) -> tuple[Variant, str]:
+    """Which of several rows with one layout a file is, and why, from what the file shows beyond its shapes.
+
+    1. The dtypes of its two tensor groups, when they are those of exactly one published file (InstantID's
+       `ip-adapter.bin` is all float32; FaceID Portrait unnorm's `.bin` stores its attention weights in float16).
+    2. Otherwise (a converted file), a name pattern in its path: the file name or a folder such as models/instantid.
+    3. Otherwise the first row: nothing tells, and the loader offers an override.
+    """
+    if stored is not None:
+        by_dtype = [v for v in rows if v.stored_dtypes == stored]
+        if len(by_dtype) == 1:
+            v = by_dtype[0]
+            return v, (f"its tensors are stored as the published {v.title} file's are ({stored[0]} projection, "
+                       f"{stored[1]} attention weights)")
+    # the file name and its folder (models/instantid/...), not the whole path, which may say anything
+    low = "/".join(path.lower().replace("\\", "/").split("/")[-2:])
+    by_name = [v for v in rows if v.name_hint and re.search(v.name_hint, low)]
+    if len(by_name) == 1:
+        return by_name[0], f"its name says so (`{by_name[0].name_hint}` in `{low}`)"
+    shown = f"{stored[0]}/{stored[1]}" if stored else "mixed or unknown"
+    return rows[0], (f"neither its precision ({shown}) nor its name tells; {rows[0].title} is the common one, "
+                     "set the loader's variant to override")
 
 
 # ------------------------------------------------------------------ PuLID
@@ -491,7 +587,7 @@ def _detect_pulid(shapes: Mapping[str, Sequence[int]], source: str) -> Detected:
     variant = next((v for v in VARIANTS if v.layout is layout and v.family == family and v.pulid
                     and v.input_width == input_width and v.tokens == tokens), None)
     return Detected(layout, Feature.PULID, input_width, context, tokens, layer_ids, widths, False, variant,
-                    model_family, vit_width)
+                    model_family=model_family, vit_width=vit_width)
 
 
 def _projection_output_width(shapes, layout: Layout) -> int | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 
@@ -14,8 +15,9 @@ import folder_paths
 from ..core import checkpoint
 from ..core.errors import AdapterFileError, LikenessError
 from ..core.eva_clip import EvaConfig, detect_eva_clip
+from ..core.instantid import IDENTITYNET_NAMES, VARIANT as INSTANTID, ControlNetFile, inspect_controlnet
 from ..core.lora_fit import lora_family
-from ..core.variants import Detected, Encoder, detect, detect_encoder
+from ..core.variants import Detected, Encoder, detect, detect_encoder, variant_by_key
 from .folders import ADAPTER_FOLDERS, file_version
 
 log = logging.getLogger(__name__)
@@ -25,10 +27,11 @@ _lock = threading.Lock()
 
 @dataclass(frozen=True)
 class Entry:
-    folder: str  # model folder name: ipadapter, pulid, clip_vision, loras
+    folder: str  # model folder name: ipadapter, instantid, pulid, clip_vision, loras, controlnet, insightface
     name: str  # as listed by ComfyUI (may include a sub-folder)
     path: str
-    found: Detected | Encoder | str | None  # str: what a LoRA or face pack was read as
+    # str: what a LoRA or face pack was read as; EvaConfig: PuLID's EVA-CLIP; ControlNetFile: InstantID's IdentityNet
+    found: Detected | Encoder | EvaConfig | ControlNetFile | str | None
     problem: str = ""
 
     @property
@@ -40,8 +43,8 @@ class Entry:
             return f"unusable: {self.problem}"
         if isinstance(self.found, Detected):
             return self.found.summary()
-        if isinstance(self.found, Encoder) or hasattr(self.found, "describe"):
-            return self.found.describe()  # a CLIP vision Encoder, or PuLID's EVA-CLIP (EvaConfig)
+        if isinstance(self.found, (Encoder, EvaConfig, ControlNetFile)):
+            return self.found.describe()
         if isinstance(self.found, str):
             return self.found
         return "not recognised"
@@ -67,7 +70,8 @@ def _inspect(path: str, reader) -> tuple:
 
 
 def _adapter(path: str) -> Detected:
-    return detect(checkpoint.read_shapes(path), os.path.basename(path))
+    shapes, dtypes = checkpoint.read_header(path)
+    return detect(shapes, os.path.basename(path), dtypes, path)
 
 
 def _encoder(path: str) -> Encoder | EvaConfig | None:
@@ -86,8 +90,14 @@ def _entries(folder: str, reader, names=None) -> list[Entry]:
 
 
 def adapters() -> list[Entry]:
-    """Every file of the adapter folders (ipadapter, then pulid)."""
-    return [e for folder in ADAPTER_FOLDERS for e in _entries(folder, _adapter)]
+    """Every file of the adapter folders (ipadapter, instantid, pulid); a name in two folders once, as the
+    loaders list it (the first folder wins)."""
+    out, seen = [], set()
+    for folder in ADAPTER_FOLDERS:
+        entries = _entries(folder, _adapter, [n for n in folder_paths.get_filename_list(folder) if n not in seen])
+        seen.update(e.name for e in entries)
+        out += entries
+    return out
 
 
 def encoders() -> list[Entry]:
@@ -150,6 +160,23 @@ def face_pack_entries() -> list[Entry]:
         found = ", ".join(os.path.basename(path) for path in files)
         out.append(Entry("insightface", pack, folder, found, broken[0] if broken else ""))
     return out
+
+
+def _controlnet(path: str) -> ControlNetFile | None:
+    return inspect_controlnet(checkpoint.read_shapes(path))
+
+
+def identitynets() -> list[Entry]:
+    """ControlNets that can be InstantID's IdentityNet, best first: files with cross-attention named for InstantID,
+    then files under IdentityNet's published name. Their weights look like any SDXL ControlNet's, so the name
+    decides; only .safetensors headers are read."""
+    official = variant_by_key(INSTANTID).controlnet_file
+    names = [n for n in folder_paths.get_filename_list("controlnet") if n.lower().endswith(".safetensors")]
+    found = [e for e in _entries("controlnet", _controlnet, names)
+             if isinstance(e.found, ControlNetFile) and e.found.context_width]
+    named = [e for e in found if re.search(IDENTITYNET_NAMES, e.name.lower())]
+    published = [e for e in found if e not in named and os.path.basename(e.name) == official]
+    return named + published
 
 
 def face_packs() -> list[str]:

@@ -148,8 +148,9 @@ def find_pack(pack: str) -> str:
     raise FaceModelError(
         f"face model pack `{pack}` was not found: expected {os.path.join(target, '*.onnx')} ({_expected_files(pack)})."
         f" Searched the insightface model folders: {', '.join(roots) or '(none registered)'}.{hint} Download the "
-        f"pack ({pack}.zip from the insightface model zoo) and unpack it there; extra_model_paths.yaml can add "
-        "folders under an `insightface:` key.")
+        f"pack ({pack}.zip from the insightface model zoo) and unpack it in {os.path.dirname(target)}: the archive "
+        f"holds a `{pack}` folder, so unpacking it inside an existing {pack} folder gives {pack}/{pack}/, which is "
+        "found too. extra_model_paths.yaml can add folders under an `insightface:` key.")
 
 
 def _import_insightface():
@@ -371,7 +372,7 @@ def embed_faces(face_model: FaceModel, image: torch.Tensor, select: str = "large
                          f"{tuple(image.shape)}.")
     n = image.shape[0]
     check_reference_count(n, "the image batch")
-    raws, crops, skipped, ffhq = [], [], [], []
+    raws, crops, skipped, kpss, ffhq = [], [], [], [], []
     bar = comfy.utils.ProgressBar(n if id_encoder is None else 2 * n)
     for i in range(n):
         bgr = to_bgr_uint8(image[i], i)
@@ -388,6 +389,7 @@ def embed_faces(face_model: FaceModel, image: torch.Tensor, select: str = "large
         else:
             raws.append(face_model.embed(bgr, face.kps))
             crops.append(align_face(bgr, face.kps, crop_size))
+            kpss.append(face.kps)
             if id_encoder is not None:
                 ffhq.append(align_ffhq(bgr, face.kps))
         bar.update(1)
@@ -396,7 +398,10 @@ def embed_faces(face_model: FaceModel, image: torch.Tensor, select: str = "large
             f"none of the {n} reference image(s) gave a face (on_no_face is skip, so all were skipped). Use photos "
             "with a clearly visible face, or crop closer around the face.")
     raw = np.stack(raws).astype(np.float32)
-    identity = FaceIdentity(face_model.pack, torch.from_numpy(normalise(raw)), torch.from_numpy(raw))
+    height, width = image.shape[1:3]
+    identity = FaceIdentity(face_model.pack, torch.from_numpy(normalise(raw)), torch.from_numpy(raw),
+                            keypoints=torch.from_numpy(np.stack(kpss).astype(np.float32)),
+                            image_sizes=torch.tensor([[width, height]] * len(raws)))
     crop_image = crops_to_image(crops)
     features = None
     if clip_vision is not None:

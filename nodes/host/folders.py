@@ -9,9 +9,9 @@ import folder_paths
 from ..core.errors import AdapterFileError, InputError
 
 ADAPTER_EXTENSIONS = {".safetensors", ".bin"}
-# Adapter files are looked for in these model folders, in this order: IP-Adapter files in ipadapter, PuLID files
-# in pulid (and in ipadapter, where some users keep them).
-ADAPTER_FOLDERS = ("ipadapter", "pulid")
+# Adapter files are looked for in these model folders, in this order: IP-Adapter files in ipadapter, InstantID's
+# in instantid, PuLID's in pulid (and any of them in ipadapter, where some users keep them).
+ADAPTER_FOLDERS = ("ipadapter", "instantid", "pulid")
 
 
 def file_version(path: str) -> tuple:
@@ -33,6 +33,7 @@ def register_folder(name: str, extensions: set[str]) -> None:
 
 def register_all() -> None:
     register_folder("ipadapter", ADAPTER_EXTENSIONS)
+    register_folder("instantid", ADAPTER_EXTENSIONS)
     register_folder("pulid", ADAPTER_EXTENSIONS)
     register_folder("insightface", {".onnx"})  # face model packs live in <folder>/models/<pack>/*.onnx
     register_folder("facexlib", {".pth"})  # PuLID's face parsing (parsing_bisenet.pth), where other packs keep it
@@ -69,12 +70,13 @@ def adapter_files() -> list[str]:
 
 
 def adapter_path(name: str) -> str:
-    check_listed(name, adapter_files(), "adapter", "the ipadapter and pulid folders")
+    check_listed(name, adapter_files(), "adapter", "the ipadapter, instantid and pulid folders")
     for folder in ADAPTER_FOLDERS:
         path = folder_paths.get_full_path(folder, name) if name in _folder_files(folder) else None
         if path is not None:
             return path
     searched = ", ".join(p for folder in ADAPTER_FOLDERS for p in folder_paths.get_folder_paths(folder))
-    raise AdapterFileError(f"adapter `{name}` was not found in the ipadapter and pulid folders ({searched}). Put "
-                           "IP-Adapter files in models/ipadapter and PuLID files in models/pulid (or folders listed "
-                           "under `ipadapter:` / `pulid:` in extra_model_paths.yaml) and refresh the page.")
+    raise AdapterFileError(f"adapter `{name}` was not found in the ipadapter, instantid and pulid folders "
+                           f"({searched}). Put IP-Adapter files in models/ipadapter, InstantID's in models/instantid "
+                           "and PuLID's in models/pulid (or folders listed under `ipadapter:` / `instantid:` / "
+                           "`pulid:` in extra_model_paths.yaml) and refresh the page.")

@@ -263,6 +263,8 @@ try {
       const hasPanel = (id) => app.graph.getNodeById(Number(id))?.widgets?.some((w) => w.name === "likeness_report");
       for (let i = 0; i < 40 && !sentText.every(hasPanel); i++) await new Promise((r) => setTimeout(r, 250));
       await new Promise((r) => setTimeout(r, 800));
+      result.debug = { nodes: app.graph.nodes.map((n) => `${n.id}:${n.type}:${(n.widgets ?? []).map((w) => w.name).join("|")}`),
+        stored: Object.keys(app.nodeOutputs ?? {}) };
       // The text each node sent (V3 ui.PreviewText) as its panel shows it, each node brought into view in turn.
       result.panels = [];
       for (const node of app.graph.nodes) {

@@ -359,6 +359,17 @@ if (!globalThis[REGISTERED]) {
     commands: [{ id: MIGRATE_COMMAND, label: "Convert IPAdapter nodes to Likeness", icon: "pi pi-sync",
                  function: convertOpenWorkflow }],
     menuCommands: [{ path: ["Extensions", "Likeness"], commands: [MIGRATE_COMMAND] }],
+    // The frontend hands stored outputs back when it rebuilds a graph (a workflow tab reopened, the graph reloaded
+    // while a run was finishing): the nodes it made then never saw their "executed" message, so show the text here.
+    onNodeOutputsUpdated(outputs) {
+      for (const [id, output] of Object.entries(outputs ?? {})) {
+        const node = app.graph?.getNodeById?.(Number(id));
+        const text = [].concat(output?.text ?? []).join("\n");
+        if (!text || !String(node?.type).startsWith("Likeness") || !node.constructor?.prototype?.__likenessText) continue;
+        textPanel(node, reportWaiting(node.constructor.nodeData)).textContent = text;
+        fitHeight(node);
+      }
+    },
     async beforeRegisterNodeDef(nodeType, nodeData) {
       if (String(nodeData?.name).startsWith("Likeness") && !nodeType.prototype.__likenessText) {
         nodeType.prototype.__likenessText = true;

@@ -12,6 +12,12 @@ that tests/test_browser.py starts. Nothing here is part of the pack.
   The VAE decodes at latent resolution without mid-block attention and upsamples x8, for the same reason.
 * `LikenessTestTinyCLIPVision` replaces CLIPVisionLoader: a tiny CLIP vision file plus its JSON config,
   written under the official file name.
+* `LikenessTestTinyControlNet` replaces ControlNetLoader for a tiny SDXL ControlNet in IdentityNet's diffusers
+  layout, written under the official file name. It loads the file with ComfyUI's own loader
+  (`comfy.controlnet.load_controlnet`, the one ControlNetLoader calls), for which two things are needed: ComfyUI
+  finds a diffusers ControlNet's config in a table of published models, which is extended by the tiny SDXL
+  layout while it loads (`builders.comfy_knows_the_tiny_sdxl`); and the ControlNet runs on the latent pooled
+  by 8, as the tiny UNet does, so that its residuals fit that UNet.
 
 For the DiT edit models (FLUX.1 / Kontext, Qwen-Image-Edit, OmniGen2), each loader of the split model files
 has a stand-in that picks the tiny model by the file name or type it is given:
@@ -172,6 +178,40 @@ class LikenessTestTinyCLIPVision:
         return (builders.load_tiny_clip_vision(folder_paths.get_full_path_or_raise("clip_vision", clip_name)),)
 
 
+@functools.lru_cache(maxsize=None)
+def _pooled_controlnet_class(base: type) -> type:
+    class PooledControlNet(base):
+        def forward(self, x, hint, *args, **kwargs):
+            h, w = x.shape[-2:]
+            size = (max(1, math.ceil(h / POOL)), max(1, math.ceil(w / POOL)))
+            small = F.adaptive_avg_pool2d(x, size)
+            small_hint = F.adaptive_avg_pool2d(hint, (size[0] * 8, size[1] * 8))
+            return super().forward(small, small_hint, *args, **kwargs)
+
+    PooledControlNet.__name__ = f"Pooled{base.__name__}"
+    return PooledControlNet
+
+
+class LikenessTestTinyControlNet:
+    """Stands in for ControlNetLoader (see the module docstring)."""
+
+    CATEGORY = "testing"
+    RETURN_TYPES = ("CONTROL_NET",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"control_net_name": (folder_paths.get_filename_list("controlnet"),)}}
+
+    def load(self, control_net_name):
+        import comfy.controlnet
+
+        with builders.comfy_knows_the_tiny_sdxl():
+            net = comfy.controlnet.load_controlnet(folder_paths.get_full_path_or_raise("controlnet", control_net_name))
+        net.control_model.__class__ = _pooled_controlnet_class(type(net.control_model))
+        return (net,)
+
+
 # ---------------------------------------------------------------- DiT edit models, split files
 
 def _pool_spatial(t: torch.Tensor) -> torch.Tensor:
@@ -306,11 +346,13 @@ class LikenessTestTinyVAE:
 # Which shipped loader each test loader replaces. Every other node of a workflow runs as shipped.
 SWAPS = {"CheckpointLoaderSimple": "LikenessTestTinyCheckpoint", "CLIPVisionLoader": "LikenessTestTinyCLIPVision",
          "UNETLoader": "LikenessTestTinyDiffusionModel", "CLIPLoader": "LikenessTestTinyTextEncoder",
-         "DualCLIPLoader": "LikenessTestTinyDualTextEncoder", "VAELoader": "LikenessTestTinyVAE"}
+         "DualCLIPLoader": "LikenessTestTinyDualTextEncoder", "VAELoader": "LikenessTestTinyVAE",
+         "ControlNetLoader": "LikenessTestTinyControlNet"}
 
 NODE_CLASS_MAPPINGS = {"LikenessTestTinyCheckpoint": LikenessTestTinyCheckpoint,
                        "LikenessTestTinyCLIPVision": LikenessTestTinyCLIPVision,
                        "LikenessTestTinyDiffusionModel": LikenessTestTinyDiffusionModel,
                        "LikenessTestTinyTextEncoder": LikenessTestTinyTextEncoder,
                        "LikenessTestTinyDualTextEncoder": LikenessTestTinyDualTextEncoder,
-                       "LikenessTestTinyVAE": LikenessTestTinyVAE}
+                       "LikenessTestTinyVAE": LikenessTestTinyVAE,
+                       "LikenessTestTinyControlNet": LikenessTestTinyControlNet}
