@@ -107,14 +107,14 @@ PROVIDERS = {"CPU": "CPU", "CUDA": "CUDA", "ROCM": "ROCm", "DirectML": "DirectML
 # outputs (name, type). Required before optional, in definition order, as the frontend lists them.
 _WEIGHT_TYPES = "COMBO"
 LIKENESS: dict[str, dict] = {
-    "LikenessAdapterLoader": dict(sockets=(), widgets=(("adapter_name", "COMBO", None),),
+    "LikenessAdapterLoader": dict(sockets=(), widgets=(("adapter_name", "COMBO", None), ("variant", "COMBO", "auto")),
                                   outputs=(("adapter", "LIKENESS_ADAPTER"),)),
     "LikenessUnifiedLoader": dict(
         sockets=(("model", "MODEL"),),
         widgets=(("preset", "COMBO", "STANDARD"), ("faceid_lora_strength", "FLOAT", 0.6),
                  ("face_model_pack", "COMBO", "buffalo_l"), ("provider", "COMBO", "auto")),
         outputs=(("model", "MODEL"), ("adapter", "LIKENESS_ADAPTER"), ("clip_vision", "CLIP_VISION"),
-                 ("face_model", "LIKENESS_FACE_MODEL"))),
+                 ("face_model", "LIKENESS_FACE_MODEL"), ("control_net", "CONTROL_NET"))),
     "LikenessFaceModelLoader": dict(sockets=(), widgets=(("model_pack", "COMBO", "buffalo_l"),
                                                          ("provider", "COMBO", "auto")),
                                     outputs=(("face_model", "LIKENESS_FACE_MODEL"),)),
@@ -128,7 +128,7 @@ LIKENESS: dict[str, dict] = {
                  ("id_encoder", "LIKENESS_ID_ENCODER")),
         widgets=(("select", "COMBO", "largest"), ("index", "INT", 0), ("on_no_face", "COMBO", "error"),
                  ("crop_size", "COMBO", "224")),
-        outputs=(("references", "LIKENESS_REFS"), ("crops", "IMAGE"))),
+        outputs=(("references", "LIKENESS_REFS"), ("crops", "IMAGE"), ("keypoints", "IMAGE"))),
     "LikenessMergeReferences": dict(
         sockets=(("references_1", "LIKENESS_REFS"),) + tuple((f"references_{i}", "LIKENESS_REFS")
                                                               for i in range(2, 13)),
@@ -137,7 +137,8 @@ LIKENESS: dict[str, dict] = {
         outputs=(("references", "LIKENESS_REFS"),)),
     "LikenessProject": dict(
         sockets=(("adapter", "LIKENESS_ADAPTER"), ("references", "LIKENESS_REFS"), ("negative", "LIKENESS_REFS")),
-        widgets=(("faceid_plus_version", "COMBO", "auto"), ("faceid_v2_weight", "FLOAT", 1.0)),
+        widgets=(("faceid_plus_version", "COMBO", "auto"), ("faceid_v2_weight", "FLOAT", 1.0),
+                 ("noise", "FLOAT", 0.35)),
         outputs=(("tokens", "LIKENESS_TOKENS"),)),
     "LikenessApply": dict(
         sockets=(("model", "MODEL"), ("adapter", "LIKENESS_ADAPTER"), ("tokens", "LIKENESS_TOKENS"),
@@ -194,7 +195,8 @@ OPTIONAL = {
     "LikenessImageEncode": {"mask", "encode_batch_size", "enhance_tiles", "enhance_ratio"},
     "LikenessFaceEmbed": {"clip_vision", "id_encoder"},
     "LikenessMergeReferences": {f"references_{i}" for i in range(2, 13)},
-    "LikenessProject": {"negative", "faceid_plus_version", "faceid_v2_weight"},
+    "LikenessProject": {"negative", "faceid_plus_version", "faceid_v2_weight", "noise"},
+    "LikenessAdapterLoader": {"variant"},
     "LikenessApply": {"attn_mask", "faceid_lora_strength", "style_boost", "composition_boost", "layer_weights",
                       "unfold_batch", "weight_kolors", "pulid_method"},
     "LikenessApplyTiled": {"image_negative", "attn_mask", "encode_batch_size", "unfold_batch"},
