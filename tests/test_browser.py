@@ -79,7 +79,18 @@ def server(workflow_models, tmp_path_factory, request):
                "artifacts": artifacts}
 
 
+_REPORTS: dict = {}  # (server, renderer) -> probe report: each renderer is driven once per server
+
+
 def _probe(server, vue: bool) -> dict:
+    if (server["base"], vue) not in _REPORTS:
+        _REPORTS[(server["base"], vue)] = _run_probe(server, vue)
+    return _REPORTS[(server["base"], vue)]
+
+
+def _run_probe(server, vue: bool) -> dict:
+    import leading_pack_graphs
+
     base = server["base"]
     post_json(base + "/api/settings/Comfy.TutorialCompleted", True)
     post_json(base + "/api/settings/Comfy.VueNodes.Enabled", vue)
@@ -87,7 +98,9 @@ def _probe(server, vue: bool) -> dict:
     artifacts.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, LIKENESS_BASE=base, LIKENESS_MODULE=server["module"], LIKENESS_RUN=RUN,
                LIKENESS_WORKFLOWS=",".join(p.stem for p in tw.WORKFLOWS), LIKENESS_SWAPS=json.dumps(tw.SWAPS),
-               LIKENESS_VUE="1" if vue else "0", LIKENESS_SHOTS=str(artifacts), LIKENESS_CHROMIUM=CHROMIUM)
+               LIKENESS_VUE="1" if vue else "0", LIKENESS_SHOTS=str(artifacts), LIKENESS_CHROMIUM=CHROMIUM,
+               LIKENESS_MIGRATE=str(artifacts / "leading_pack_style_composition.json"))
+    (artifacts / "leading_pack_style_composition.json").write_text(json.dumps(leading_pack_graphs.style_composition()))
     done = subprocess.run(["node", "probe.mjs"], cwd=BROWSER_DIR, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, f"probe failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     report = json.loads(done.stdout.strip().splitlines()[-1])
@@ -153,6 +166,72 @@ def test_workflows_load_and_run_in_the_browser(server, vue):
     assert all(p["shown"] for p in others) or not panels_render, f"{report['mode']}: text not visible: {others}"
 
 
+def _overlapping(boxes: list[dict]) -> list[tuple]:
+    found = []
+    for i, a in enumerate(boxes):
+        ax, ay, aw, ah = a["box"]
+        for b in boxes[i + 1:]:
+            bx, by, bw, bh = b["box"]
+            if ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah:
+                found.append((a["id"], b["id"]))
+    return found
+
+
+def _group_problems(workflow: dict, boxes: list[dict]) -> list[str]:
+    """A group holds the nodes whose position lies in it, whole; it cuts no other node and no other group."""
+    problems = []
+    groups = [(g.get("title", "?"), g["bounding"]) for g in workflow.get("groups") or []]
+    pos = {str(n["id"]): n["pos"] for n in workflow["nodes"]}
+    for i, (title, (gx, gy, gw, gh)) in enumerate(groups):
+        for other, (ox, oy, ow, oh) in groups[i + 1:]:
+            if gx < ox + ow and ox < gx + gw and gy < oy + oh and oy < gy + gh:
+                problems.append(f"groups {title!r} and {other!r} overlap")
+        for b in boxes:
+            x, y, w, h = b["box"]
+            px, py = pos[str(b["id"])][:2]
+            member = gx <= px < gx + gw and gy <= py < gy + gh
+            inside = gx <= x and x + w <= gx + gw and gy <= y and y + h <= gy + gh
+            touches = x < gx + gw and gx < x + w and y < gy + gh and gy < y + h
+            if (member and not inside) or (not member and touches):
+                problems.append(f"node {b['id']} ({b.get('type')}) {'sticks out of' if member else 'cuts'} group {title!r}")
+    return problems
+
+
+def _drawn(boxes: dict) -> list[dict]:
+    """Graph bounds, where the Vue renderer of frontend 1.27 left a node's size at 0 its DOM box (both in graph units)."""
+    dom = {str(b["id"]): b["box"] for b in boxes["dom"]}
+    return [b if (b["box"][2] > 0 and b["box"][3] > 0) or str(b["id"]) not in dom else {**b, "box": dom[str(b["id"])]}
+            for b in boxes["graph"]]
+
+
+def test_node_boxes_do_not_overlap_in_either_renderer(server):
+    """Every example and the graph the menu command converts in the browser: no two node boxes overlap and groups
+    hold their nodes whole, measured in the classic canvas and in the Vue renderer (graph bounds and DOM boxes).
+    tests/relayout_examples.py moves the examples' nodes apart from the boxes these probes measured."""
+    problems = {}
+    for vue in (False, True):
+        report = _probe(server, vue)
+        migrate = report["migrate"]
+        assert migrate["command"] == "Convert IPAdapter nodes to Likeness" and migrate["menu"] == ["Extensions", "Likeness"]
+        assert migrate["summary"] and migrate["summary"]["converted"] and not migrate["summary"]["kept"], migrate
+        assert all(n["registered"] and n["type"].startswith(("Likeness", "CLIP", "Checkpoint", "Load", "Empty",
+                                                             "KSampler", "VAE", "Save", "Note"))
+                   for n in migrate["nodes"]), migrate["nodes"]
+        assert not _ours(migrate["errors"]), migrate["errors"]
+        measured = {"converted in the browser": (migrate["boxes"], None)}
+        measured.update({name: (result["boxes"], json.loads((PACK / "workflows" / f"{name}.json").read_text()))
+                         for name, result in report["workflows"].items()})
+        for name, (boxes, workflow) in measured.items():
+            drawn = _drawn(boxes)
+            found = [f"not drawn: {b['id']} ({b['type']})" for b in drawn if not (b["box"][2] > 0 and b["box"][3] > 0)]
+            found += [f"overlap {pair}" for pair in _overlapping(drawn)]
+            found += [f"DOM overlap {pair}" for pair in _overlapping(boxes["dom"])]
+            found += _group_problems(workflow, drawn) if workflow else []
+            if found:
+                problems[f"{report['mode']} / {name}"] = found
+    assert not problems, json.dumps(problems, indent=1)
+
+
 def _comparable(prompt: dict) -> dict:
     return {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()}
 
@@ -206,4 +285,4 @@ def test_routes_are_added_once_and_need_no_server():
         else:
             comfy_server.PromptServer.instance = previous
     paths = sorted(r.path for r in fake.routes)
-    assert paths == ["/likeness/adapter_info", "/likeness/weights"]
+    assert paths == ["/likeness/adapter_info", "/likeness/migrate", "/likeness/weights"]

@@ -171,13 +171,15 @@ def image_attention_sum(q: torch.Tensor, parts: Sequence[ImageKV], heads: int) -
         else:
             terms = [_masked(image_attention(qg, k, v, heads), mask) for k, v, mask in group]
         for term in terms:
+            # adapters folded into different row groups (e.g. one unfolded per latent, one shared) sum in q's shape
+            term = term if term.shape == q.shape else term.reshape(q.shape)
             if total is None:
                 total = term
             elif torch.is_grad_enabled():
                 total = total + term
             else:
                 total.add_(term)
-    return total if total.shape == q.shape else total.view(q.shape)
+    return total
 
 
 def chunk_slice(chunks: tuple) -> tuple[int, int] | None:

@@ -10,6 +10,10 @@
   missing, damaged or not an adapter. The answer for a name that is not listed is the same whatever the name,
   so the route tells nothing about files outside the model folders.
 
+* `POST /likeness/migrate`: body = a workflow (UI or API format) using the leading IP-Adapter pack's nodes;
+  answer `{"workflow": ..., "summary": ...}` from nodes/migrate.py (the menu command "Convert IPAdapter nodes to
+  Likeness"). Bodies over MAX_MIGRATE_BYTES, bad JSON and non-workflows get a 400 with a message.
+
 Registered on ComfyUI's server when there is one; importing this module never needs a server.
 """
 
@@ -27,6 +31,7 @@ from . import folders
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("sd15", "sdxl")
+MAX_MIGRATE_BYTES = 20 * 1024 * 1024  # large UI workflows with embedded notes stay far below this
 _MARK = "_likeness_routes_registered"
 _STRICT_JSON = functools.partial(json.dumps, allow_nan=False)  # browsers cannot parse NaN or Infinity
 
@@ -182,6 +187,40 @@ def add_routes(routes) -> None:
             return answer(adapter_info(name))
         except (LikenessError, OSError, ValueError) as e:
             return problem(200, str(e))
+
+    @routes.post("/likeness/migrate")
+    async def post_migrate(request):
+        if (request.content_length or 0) > MAX_MIGRATE_BYTES:
+            return problem(400, f"the workflow is larger than {MAX_MIGRATE_BYTES // (1024 * 1024)} MiB.")
+        body = await request.content.read(MAX_MIGRATE_BYTES + 1)
+        status, payload = migrate_answer(body)
+        return answer(payload, status)
+
+
+def migrate_answer(body: bytes) -> tuple[int, dict]:
+    """(status, JSON answer) for a POST /likeness/migrate body; never raises."""
+    from .. import migrate
+
+    def refuse_constant(name):
+        raise ValueError(f"{name} is not a JSON number")
+
+    if len(body) > MAX_MIGRATE_BYTES:
+        return 400, {"error": f"the workflow is {len(body) // 1024} KiB; the converter reads at most "
+                              f"{MAX_MIGRATE_BYTES // (1024 * 1024)} MiB."}
+    try:
+        data = json.loads(body.decode("utf-8"), parse_constant=refuse_constant)  # NaN could not be answered
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        return 400, {"error": f"the body is not JSON ({type(e).__name__}: {str(e)[:200]})."}
+    if isinstance(data, dict) and isinstance(data.get("workflow"), dict):
+        data = data["workflow"]
+    try:
+        workflow, summary = migrate.convert(data)
+    except migrate.BadWorkflow as e:
+        return 400, {"error": f"not a workflow: {e}"}
+    except (RecursionError, MemoryError, ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as e:
+        log.warning("Likeness: a workflow could not be converted", exc_info=True)
+        return 400, {"error": f"the workflow could not be converted ({type(e).__name__}: {str(e)[:200]})."}
+    return 200, {"workflow": workflow, "summary": summary}
 
 
 def register() -> None:

@@ -7,6 +7,9 @@
 //   LIKENESS_VUE       "1" for the Vue node renderer ("Nodes 2.0"), else the classic canvas
 //   LIKENESS_SHOTS     folder for screenshots
 //   LIKENESS_CHROMIUM  the Chromium binary
+//   LIKENESS_MIGRATE   optional: a JSON file with a workflow of the leading IP-Adapter pack, loaded and converted
+//                      with the menu command "Convert IPAdapter nodes to Likeness"
+import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
 
 const env = process.env;
@@ -61,6 +64,53 @@ try {
     return (app.extensions || []).filter((e) => e.name === "likeness.frontend").length;
   }, MODULE);
   report.doubleLoadErrors = errors.splice(0);
+
+  // Node boxes as drawn, in graph units: the graph's own bounds (title bar included; the Vue renderer writes its
+  // measured sizes back), and in the Vue renderer also the DOM elements' rectangles mapped back to graph units.
+  // The Vue renderer of frontend 1.27 draws (and measures) only nodes in view: then the view pans over the graph
+  // and each node keeps the box it had when drawn.
+  await page.evaluate(() => {
+    window.__likenessBoxes = async () => {
+      const app = window.comfyAPI.app.app;
+      const ds = app.canvas.ds;
+      const canvasRect = app.canvas.canvas.getBoundingClientRect();
+      const graph = new Map(), dom = new Map();
+      const look = async () => {
+        app.canvas.setDirty(true, true);
+        await new Promise((r) => setTimeout(r, 600));
+        for (const n of app.graph.nodes) {
+          const box = Array.from(n.getBounding());
+          if (box[2] > 0 && box[3] > 0) graph.set(String(n.id), { id: n.id, type: n.type, box });
+        }
+        for (const el of document.querySelectorAll("[data-node-id]")) {
+          const r = el.getBoundingClientRect();
+          if (r.width <= 0 || r.height <= 0) continue;
+          const x = (r.left - canvasRect.left) / ds.scale - ds.offset[0];
+          const y = (r.top - canvasRect.top) / ds.scale - ds.offset[1];
+          dom.set(el.getAttribute("data-node-id"), { id: el.getAttribute("data-node-id"),
+                                                      box: [x, y, r.width / ds.scale, r.height / ds.scale] });
+        }
+      };
+      await look();
+      const unseen = () => app.graph.nodes.filter((n) => !graph.has(String(n.id)));
+      if (unseen().length) {
+        const view = [ds.offset[0], ds.offset[1]];
+        const w = canvasRect.width / ds.scale, h = canvasRect.height / ds.scale;
+        const xs = app.graph.nodes.map((n) => n.pos[0]), ys = app.graph.nodes.map((n) => n.pos[1]);
+        for (let y = Math.min(...ys) - 100; y <= Math.max(...ys) && unseen().length; y += h * 0.8) {
+          for (let x = Math.min(...xs) - 100; x <= Math.max(...xs) && unseen().length; x += w * 0.8) {
+            ds.offset[0] = -x;
+            ds.offset[1] = -y;
+            await look();
+          }
+        }
+        [ds.offset[0], ds.offset[1]] = view;
+        app.canvas.setDirty(true, true);
+      }
+      const missing = unseen().map((n) => ({ id: n.id, type: n.type, box: [n.pos[0], n.pos[1], 0, 0] }));
+      return { graph: [...graph.values(), ...missing], dom: [...dom.values()] };
+    };
+  });
 
   for (const name of WORKFLOWS) {
     const result = await page.evaluate(async ({ module, name, vue, check }) => {
@@ -118,9 +168,24 @@ try {
         const panel = checkNode.widgets.find((w) => w.name === "likeness_report").element;
         reportShown = !!panel.isConnected && panel.getClientRects().length > 0;
       }
+      // A panel on a node outside the view is not drawn (large graphs): bring such a node into view and look again.
+      for (const [i, n] of app.graph.nodes.entries()) {
+        const seen = nodes[i];
+        const panels = [seen.chart, seen.info, seen.report].filter((p) => p && !p.shown);
+        if (!panels.length) continue;
+        app.canvas.centerOnNode(n);
+        app.canvas.setDirty(true, true);
+        await new Promise((r) => setTimeout(r, 600));
+        for (const [key, widget] of [["chart", "likeness_weight_chart"], ["info", "likeness_adapter_info"],
+                                     ["report", "likeness_report"]]) {
+          const el = n.widgets?.find((w) => w.name === widget)?.element;
+          if (seen[key] && el) seen[key].shown = !!el.isConnected && el.getClientRects().length > 0;
+        }
+      }
       const dialogs = [...document.querySelectorAll("[role=dialog]")].map((d) => d.innerText.slice(0, 300));
       const prompt = (await app.graphToPrompt()).output;
-      return { nodes, dialogs, prompt, saved: app.graph.serialize(), follows, reportShown };
+      const boxes = await window.__likenessBoxes();
+      return { nodes, dialogs, prompt, saved: app.graph.serialize(), follows, reportShown, boxes };
     }, { module: MODULE, name, vue: VUE, check: name === RUN });
     result.errors = errors.splice(0);
     report.workflows[name] = result;
@@ -132,6 +197,30 @@ try {
   }
   report.timings.loaded_s = (Date.now() - t0) / 1000;
 
+  if (env.LIKENESS_MIGRATE) {
+    const old = JSON.parse(readFileSync(env.LIKENESS_MIGRATE, "utf8"));
+    await page.evaluate(async (wf) => {
+      await window.comfyAPI.app.app.loadGraphData(wf, true, true, "leading-pack");
+    }, old);
+    await page.waitForTimeout(800);
+    for (let i = 0; i < 3; i++) await page.keyboard.press("Escape"); // the missing-nodes dialog
+    report.migrate = await page.evaluate(async () => {
+      const { app } = window.comfyAPI.app;
+      const ext = (app.extensions || []).find((e) => e.name === "likeness.frontend");
+      const command = ext?.commands?.find((c) => c.id === "Likeness.ConvertIPAdapterNodes");
+      const menu = ext?.menuCommands?.find((m) => m.commands.includes(command?.id))?.path ?? null;
+      if (!command) return { command: null };
+      await command.function();
+      const nodes = app.graph.nodes.map((n) => ({ id: n.id, type: n.type,
+        registered: !!window.LiteGraph.registered_node_types[n.type] }));
+      const prompt = (await app.graphToPrompt()).output;
+      return { command: command.label, menu, summary: window.__likenessLastMigration ?? null, nodes, prompt,
+               boxes: await window.__likenessBoxes() };
+    });
+    report.migrate.errors = errors.splice(0);
+    await page.screenshot({ path: `${env.LIKENESS_SHOTS}/${mode}-migrated.png` });
+  }
+
   if (RUN) {
     report.run = await page.evaluate(async ({ module, name, swaps }) => {
       const { app } = window.comfyAPI.app;
@@ -140,12 +229,18 @@ try {
       await app.loadGraphData(wf, true, true, name);
       const p = await app.graphToPrompt();
       for (const node of Object.values(p.output)) node.class_type = swaps[node.class_type] ?? node.class_type;
+      // The other renderer's probe ran this prompt on the same server: cached nodes send no text again, so empty
+      // the server's caches first (the worker wakes for the flag, and is given a moment before the prompt).
+      await api.fetchApi("/free", { method: "POST", headers: { "Content-Type": "application/json" },
+                                    body: JSON.stringify({ free_memory: true }) });
+      await new Promise((r) => setTimeout(r, 1500));
       const done = new Promise((resolve) => {
         let id = null;
         const timer = setTimeout(() => resolve({ status: "timeout" }), 150000);
         const finish = (r) => { clearTimeout(timer); resolve(r); };
         api.addEventListener("execution_success", (e) => (!id || e.detail.prompt_id === id) && finish({ status: "success" }));
         api.addEventListener("execution_error", (e) => finish({ status: "error", detail: e.detail }));
+        api.addEventListener("execution_cached", (e) => { window.__likenessCached = e.detail?.nodes ?? null; });
         window.__likenessSetId = (x) => { id = x; };
       });
       let queued;
@@ -156,6 +251,7 @@ try {
       }
       window.__likenessSetId(queued.prompt_id);
       const result = await done;
+      result.cached = window.__likenessCached ?? null;  // nodes the server did not run (they send no text)
       // ComfyUI stores the history just after it sends execution_success: ask until it is there.
       for (let i = 0; i < 60 && !result.outputs; i++) {
         const history = await (await fetch(`/api/history/${queued.prompt_id}`)).json();

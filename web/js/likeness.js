@@ -11,6 +11,8 @@
 // frontends that render DOM widgets there (after 1.27: Comfy-Org/ComfyUI_frontend#6006). The Vue renderer of 1.27
 // shows no DOM widgets, its text widgets never show a value set after a node appears, and its chart widget fails to
 // import chart.js, so with that renderer on 1.27 the panels stay hidden; nothing breaks.
+//  * Menu Extensions > Likeness > "Convert IPAdapter nodes to Likeness": rewrites the open workflow's nodes of the
+//    leading IP-Adapter pack (POST /likeness/migrate, nodes/migrate.py) and shows what changed.
 // Only the public `app` and `api` modules are imported. Safe to load twice: it registers once.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
@@ -239,6 +241,40 @@ function watch(node, refresh) {
 
 const SETUP = { LikenessApply: setupApply, LikenessAdapterLoader: setupLoader };
 
+// "Convert IPAdapter nodes to Likeness": the open workflow goes to POST /likeness/migrate (nodes/migrate.py does
+// the rewrite), the converted graph replaces it, and the summary says what changed and which numbers may differ.
+const MIGRATE_COMMAND = "Likeness.ConvertIPAdapterNodes";
+
+function notify(severity, summary, detail) {
+  const toast = app.extensionManager?.toast;
+  if (toast?.add) toast.add({ severity, summary, detail, life: severity === "error" ? 15000 : 20000 });
+  else window.alert(`${summary}\n\n${detail}`);
+}
+
+async function convertOpenWorkflow() {
+  const workflow = app.graph.serialize();
+  let answer;
+  try {
+    const response = await api.fetchApi("/likeness/migrate", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(workflow),
+    });
+    answer = await response.json();
+    if (!response.ok) throw new Error(answer?.error || `HTTP ${response.status}`);
+  } catch (e) {
+    notify("error", "Likeness: the workflow was not converted", String(e?.message ?? e));
+    return null;
+  }
+  const summary = answer.summary;
+  globalThis.__likenessLastMigration = summary;  // read by the browser test
+  if (!summary.converted.length) {
+    notify("info", "Likeness: no IPAdapter nodes to convert", summary.text);
+    return summary;
+  }
+  await app.loadGraphData(answer.workflow, true, true, null);
+  notify(summary.kept.length ? "warn" : "success", "Likeness: converted IPAdapter nodes", summary.text);
+  return summary;
+}
+
 // Text a node sends after it runs (V3 `ui.PreviewText`: the `text` of its "executed" message). The frontend shows
 // such text only where an extension displays it, so every Likeness node that sends text shows it here: one scrollable
 // panel, made when the first text arrives. Nodes whose job is a report (a `report` output: the checks, the reference
@@ -320,6 +356,9 @@ if (!globalThis[REGISTERED]) {
   document.head.append(el("style", { id: "likeness-text-style" }, VUE_TEXT_CSS));
   app.registerExtension({
     name: EXTENSION,
+    commands: [{ id: MIGRATE_COMMAND, label: "Convert IPAdapter nodes to Likeness", icon: "pi pi-sync",
+                 function: convertOpenWorkflow }],
+    menuCommands: [{ path: ["Extensions", "Likeness"], commands: [MIGRATE_COMMAND] }],
     // The frontend hands stored outputs back when it rebuilds a graph (a workflow tab reopened, the graph reloaded
     // while a run was finishing): the nodes it made then never saw their "executed" message, so show the text here.
     onNodeOutputsUpdated(outputs) {
