@@ -124,3 +124,20 @@ def test_methods_sample_and_leave_the_model_untouched(sdxl_pulid):
     outs = {m: run(pulid_patch.apply_pulid(model, adapter, tokens, 1.0, method=m)) for m in pulid.PULID_METHODS}
     assert torch.equal(run(model), before)
     assert len({tuple(o.flatten()[:64].tolist()) for o in outs.values()} | {tuple(before.flatten()[:64].tolist())}) == 4
+
+
+def test_what_pulid_cannot_do_is_refused_with_a_message(sdxl_pulid):
+    """PuLID's combine rules take one identity for every latent and no side swap: Likeness Apply's options that
+    would need either stop with a message naming them, not a shape error mid-sampling."""
+    errors = pack("nodes.core.errors")
+    adapter, _ = sdxl_pulid
+    model = builders.build_unet("sdxl", seed=3)
+    tokens = references.project_references(adapter, face_references(seed=6))
+    with pytest.raises(errors.InputError, match="unfold_batch"):
+        pulid_patch.apply_pulid(model, adapter, tokens, 1.0, unfold_batch=True)
+    with pytest.raises(errors.InputError, match="per-frame"):
+        pulid_patch.apply_pulid(model, adapter, tokens, [1.0, 0.5])
+    with pytest.raises(errors.InputError, match="style transfer precise"):
+        pulid_patch.apply_pulid(model, adapter, tokens, 1.0, "style transfer precise")
+    patched = pulid_patch.apply_pulid(model, adapter, tokens, 1.0, layer_weights="0:1.0, 3:0.5")
+    assert patched is not model  # per-layer weights are taken on SDXL
