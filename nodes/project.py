@@ -51,7 +51,9 @@ class LikenessProject(LikenessNode):
                                                "implementation's choice is used: zero embeddings for standard "
                                                "adapters, the features of an image in the encoder's mean colour "
                                                "(all zero after normalisation) for plus, full face and "
-                                               "composition."),
+                                               "composition. FaceID: Face Embed references; FaceID Plus also "
+                                               "takes Image Encode references of a plain negative image (their "
+                                               "CLIP features, with a zero identity)."),
                 io.Combo.Input("faceid_plus_version", options=list(FACEID_PLUS_VERSIONS), default="auto",
                                optional=True,
                                tooltip="FaceID Plus only. v1 and v2 files have identical weights, so the version "

@@ -154,6 +154,28 @@ def test_negative_face_references_replace_the_uncond():
     close(tokens.uncond, ref(neg.face.normed.expand(3, -1)))
 
 
+@torch.no_grad()
+def test_plus_takes_a_plain_image_negative_as_the_leading_pack_does():
+    """A negative image without a face (Image Encode references): its CLIP features on the crops' side, a zero
+    identity, as the leading pack's FaceID nodes use `image_negative` with FaceID Plus."""
+    adapter, state = tiny("plus", "ip-adapter-faceid-plusv2_sd15.bin", seed=7)
+    refs = face_refs(3, seed=7, hidden=48)
+    gen = torch.Generator().manual_seed(8)
+    neg = refs_mod.References.from_images(refs_mod.EncoderInfo.from_widths(48, 32), torch.randn(2, 32, generator=gen),
+                                          torch.randn(2, SEQ, 48, generator=gen), torch.randn(1, SEQ, 48, generator=gen))
+    tokens = refs_mod.project_references(adapter, refs, neg, faceid_plus_v2=True, faceid_v2_weight=1.5)
+    ref = oracle(state)
+    ref.shortcut, ref.shortcut_scale = True, 1.5
+    ref.clip_embeds = torch.cat([neg.image.penultimate, neg.image.penultimate[-1:]])[:, None]  # 2 negatives, 3 faces
+    close(tokens.uncond, ref(torch.zeros(3, 512)), 5e-5)
+    ref.clip_embeds = refs.image.penultimate[:, None]
+    close(tokens.cond, ref(refs.face.normed), 5e-5)
+    default = refs_mod.project_references(adapter, refs, faceid_plus_v2=True, faceid_v2_weight=1.5)
+    assert not torch.allclose(default.uncond, tokens.uncond, atol=1e-3)  # the negative image changed it
+    with pytest.raises(errors.IncompatibleError, match="only identity embeddings.*Likeness Face Embed"):
+        refs_mod.project_references(tiny("faceid", "ip-adapter-faceid_sd15.bin")[0], face_refs(1), neg)
+
+
 def test_plus_version_hint_from_the_file_name():
     hint = lambda name: core_face.plus_version_hint(tiny("plus", name)[0])  # noqa: E731
     assert hint("ip-adapter-faceid-plusv2_sd15.bin") == (True, "the file name says plusv2")

@@ -230,12 +230,20 @@ def project_faces(adapter: Adapter, refs: References, negative: References | Non
     """Identity embeddings (and, for Plus, crop features) -> image tokens, one set per face.
 
     Uncond, as in the reference implementation: the projection of a zero identity; for Plus, a zero identity
-    with the encoder's features of an all-zero normalised image. `negative` face references replace both.
-    `plus_v2` None means "guess from the file name" (see `plus_version_hint`).
+    with the encoder's features of an all-zero normalised image. `negative` face references replace both. For
+    Plus, `negative` may also be image references (Likeness Image Encode, no face): their CLIP features replace
+    the crops' side and the identity stays zero, which is what the leading pack's FaceID nodes do with a
+    negative image. `plus_v2` None means "guess from the file name" (see `plus_version_hint`).
     """
     det = adapter.detected
     faces = _faces_of(adapter, refs, "references")
-    neg = None if negative is None else _faces_of(adapter, negative, "negative references")
+    image_only = negative is not None and negative.face is None and negative.image is not None
+    if image_only and det.layout is not Layout.FACEID_PLUS:
+        raise IncompatibleError(
+            f"adapter `{adapter.name}` is a {det.summary().split(';')[0]} adapter: it reads only identity "
+            "embeddings, so a negative of CLIP image features (Likeness Image Encode) means nothing to it. Give "
+            "Likeness Project a negative made by Likeness Face Embed, or none (a zero identity).")
+    neg = None if negative is None or image_only else _faces_of(adapter, negative, "negative references")
     n = faces.count
     raw = uses_raw_identity(adapter)
     cond_id = faces.raw if raw else faces.normed
@@ -248,7 +256,7 @@ def project_faces(adapter: Adapter, refs: References, negative: References | Non
 
     if det.layout is Layout.FACEID_PLUS:
         crops = _crop_features(adapter, refs, "references")
-        if neg is None:
+        if negative is None:
             uncond_crops = match_count(crops.empty_penultimate, n)
         else:
             uncond_crops = match_count(_crop_features(adapter, negative, "negative references").penultimate, n)
