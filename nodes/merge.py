@@ -43,8 +43,9 @@ class LikenessMergeReferences(LikenessNode):
                                        "formula."),
                 io.String.Input("weights", default="", multiline=False, placeholder="1, 1, 0.5",
                                 tooltip="Optional: one number per reference in input order (each image of a batch "
-                                        "counts). 0 drops a reference. Fractional weights are used by weighted "
-                                        "average, norm average, add and subtract. Empty: all 1."),
+                                        "counts), or one number for all. 0 drops a reference. Fractional weights "
+                                        "are used by concat (scales each reference's features), weighted average, "
+                                        "norm average, add and subtract. Empty: all 1."),
                 io.Boolean.Input("drop_outliers", default=False,
                                  tooltip="Drop references whose identity (faces) or image embedding is far from the "
                                          "mean of the others. Needs at least 3 references."),

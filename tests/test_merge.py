@@ -143,6 +143,27 @@ def test_add_reproduces_the_leading_packs_encoder_weights_then_combine():
     torch.testing.assert_close(merged.image.penultimate[0], (0.6 * x[0] + 1.5 * x[1]) / 2)
 
 
+def test_concat_with_one_weight_is_the_leading_packs_encoder_weight_on_a_batch():
+    """Its Encoder multiplies the features of every image of a batch by `weight`, and keeps them apart: concat with
+    one weight does that for any batch size, to image features and to face identities (keypoints kept)."""
+    refs = image_refs(3, seed=7)
+    merged, report = merge.merge_references(gathered(refs), "concat", merge.parse_weights("1.5"))
+    assert merged.count == 3
+    for name, tensor in fields(refs).items():
+        torch.testing.assert_close(fields(merged)[name], 1.5 * tensor, msg=name)
+    assert merged.image.empty_penultimate is refs.image.empty_penultimate  # the default negative is not scaled
+    assert "features scaled: references_1 #1 x1.5" in report.text()
+    faces = face_refs(2, seed=8)
+    scaled, _ = merge.merge_references(gathered(faces), "concat", (-0.5, 2.0))
+    torch.testing.assert_close(scaled.face.normed, faces.face.normed * torch.tensor([[-0.5], [2.0]]))
+    torch.testing.assert_close(scaled.face.raw, faces.face.raw * torch.tensor([[-0.5], [2.0]]))
+    same, _ = merge.merge_references(gathered(faces), "concat", (1.0, 1.0))
+    assert same is faces or same.face is faces.face  # weights of 1 leave the references as they are
+    two = merge.merge_references(gathered(image_refs(2, seed=9)), "add", (0.5,))[0]  # one weight for both rows
+    x = image_refs(2, seed=9).image.penultimate
+    torch.testing.assert_close(two.image.penultimate[0], 0.5 * (x[0] + x[1]))
+
+
 def test_per_element_norm_average_leaves_a_single_reference_alone():
     refs = image_refs(1, seed=6)
     merged, _ = merge.merge_references(gathered(refs), "norm average (per element)")
@@ -255,7 +276,7 @@ def test_a_weights_list_of_the_wrong_length_names_the_counts():
 
 @pytest.mark.parametrize("mode,weights,words", [
     ("average", (1, 0.5), "weighted average"),
-    ("concat", (2, 1), "keep (1) or drop (0)"),
+    ("max", (2, 1), "keep (1) or drop (0)"),
     ("weighted average", (1, -1), "0 or more"),
     ("average", (0, 0), "every weight is 0"),
     ("subtract", (0, 1), "its weight is 0"),

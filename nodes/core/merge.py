@@ -3,8 +3,9 @@
 Every mode works on the encoder features *before* the adapter's projection, row by row (a row is one
 reference), and treats each field the same way. For K kept references x_1..x_K with weights w_1..w_K:
 
-    concat            all K rows are kept; the adapter's tokens of every reference sit side by side at the
-                      attention (ImageTokens.flat), so attention runs across all of them
+    concat            all K rows are kept, row i scaled by w_i (w_i x_i); the adapter's tokens of every
+                      reference sit side by side at the attention (ImageTokens.flat), so attention runs across
+                      all of them. A weight other than 1 is the leading pack's Encoder `weight`.
     average           (1/K) Σ x_i
     weighted average  Σ w_i x_i / Σ w_i
     norm average      normalize(Σ w_i u_i) · Σ w_i ‖x_i‖ / Σ w_i      with u_i = x_i / ‖x_i‖
@@ -19,7 +20,9 @@ Norms are taken over the last axis: per reference for the pooled image embedding
 embeddings, per token for the hidden states. "norm average" therefore keeps the mean length of the inputs
 instead of shrinking like a plain average, and the merged unit identity (`FaceIdentity.normed`) is a unit
 vector again. A weight of 0 removes a reference before any mode runs. Only the modes that have a use for
-fractional weights accept them; the others take 0 (drop) or 1 (keep).
+fractional weights accept them; the others take 0 (drop) or 1 (keep). One weight alone applies to every
+reference (of any batch size); otherwise there is one weight per reference. Concat scales the image features
+and face identities; the unit image embedding of PuLID's parsed faces stays a direction.
 
 Outlier rejection scores each reference by the cosine between its embedding (the identity embedding for
 face references, the pooled image embedding otherwise) and the mean of the other references' unit
@@ -42,7 +45,7 @@ from .references import FaceIdentity, References, check_reference_count
 
 MERGE_MODES = ("concat", "average", "weighted average", "norm average", "norm average (per element)", "add",
                "subtract", "max", "min")
-FRACTIONAL_WEIGHT_MODES = ("weighted average", "norm average", "add", "subtract")
+FRACTIONAL_WEIGHT_MODES = ("concat", "weighted average", "norm average", "add", "subtract")
 MIN_REFERENCES_FOR_OUTLIERS = 3  # with two, each is the other's mean: nothing says which one is off
 _TINY = 1e-12
 
@@ -187,7 +190,7 @@ def check_weights(weights: Sequence[float], mode: str, gathered: Gathered, text:
         raise InputError(
             f"weights lists {len(weights)} number{'s' if len(weights) != 1 else ''}{shown} but there are "
             f"{gathered.describe()}. Give one weight per reference, in input order (each image of a batch is "
-            "one reference), or leave weights empty to weigh them all 1.")
+            "one reference), one weight for all of them, or leave weights empty to weigh them all 1.")
     if mode not in FRACTIONAL_WEIGHT_MODES and any(w not in (0.0, 1.0) for w in weights):
         raise InputError(
             f"weights{shown}: mode `{mode}` uses weights only to keep (1) or drop (0) references. For fractional "
@@ -208,7 +211,7 @@ def combine(x: torch.Tensor, mode: str, weights: torch.Tensor | None = None) -> 
     w = torch.ones(k, dtype=x.dtype) if weights is None else weights.to(x.dtype)
     w = w.to(x.device).view(k, *([1] * (x.ndim - 1)))
     if mode == "concat":
-        return x
+        return x if weights is None else w * x
     if mode == "average":
         return x.mean(dim=0, keepdim=True)
     if mode == "weighted average":
@@ -280,6 +283,9 @@ class MergeReport:
                  f"{self.result_count} reference{'s' if self.result_count != 1 else ''}."]
         if self.dropped_by_weight:
             lines.append("dropped by weight 0: " + ", ".join(self.labels[i] for i in self.dropped_by_weight))
+        scaled = [i for i in self.kept if self.weights[i] != 1]
+        if self.mode == "concat" and scaled:
+            lines.append("features scaled: " + ", ".join(f"{self.labels[i]} x{self.weights[i]:g}" for i in scaled))
         scores = dict(self.similarities)
         if self.dropped_as_outliers:
             lines.append(f"dropped as outliers (similarity below {self.threshold:g}): " + ", ".join(
@@ -310,7 +316,7 @@ def _take(refs: References, rows: Sequence[int]) -> References:
 
 def _combined(refs: References, mode: str, weights: torch.Tensor) -> References:
     if mode == "concat":
-        return refs
+        return refs if bool((weights == 1).all()) else _scaled(refs, weights)
     image = face = parsed = None
     if refs.parsed_face is not None:
         # the unit image embedding is a direction: combined, it is made a unit vector again, as PuLID reads it
@@ -324,6 +330,20 @@ def _combined(refs: References, mode: str, weights: torch.Tensor) -> References:
         # one combined face keeps the pose (keypoints) of the first kept photo
         face = dataclasses.replace(refs.face.rows(torch.tensor([0])), normed=combine(refs.face.normed, mode, weights),
                                    raw=combine(refs.face.raw, mode, weights))
+    return References(image=image, face=face, parsed_face=parsed)
+
+
+def _scaled(refs: References, weights: torch.Tensor) -> References:
+    """Concat with weights: every row's features times its weight; nothing is combined."""
+    image = face = parsed = None
+    if refs.parsed_face is not None:  # the unit embedding is a direction, which PuLID reads as such
+        parsed = dataclasses.replace(refs.parsed_face, hidden=combine(refs.parsed_face.hidden, "concat", weights))
+    if refs.image is not None:
+        image = dataclasses.replace(refs.image, image_embeds=combine(refs.image.image_embeds, "concat", weights),
+                                    penultimate=combine(refs.image.penultimate, "concat", weights))
+    if refs.face is not None:
+        face = dataclasses.replace(refs.face, normed=combine(refs.face.normed, "concat", weights),
+                                   raw=combine(refs.face.raw, "concat", weights))
     return References(image=image, face=face, parsed_face=parsed)
 
 
@@ -359,6 +379,8 @@ def merge_references(gathered: Gathered, mode: str, weights: Sequence[float] | N
     refs, labels = gathered.references, gathered.labels
     n = refs.count
     weights = tuple(float(w) for w in weights) if weights is not None else (1.0,) * n
+    if len(weights) == 1:
+        weights = weights * n  # one weight for every reference
     check_weights(weights, mode, gathered, weights_text)
     active = [i for i in range(n) if weights[i] != 0]
     zero = tuple(i for i in range(n) if weights[i] == 0)
