@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 try:
     from .core import migrate_rules as R
@@ -60,6 +60,10 @@ class Params:
 
 
 DEFAULT_NEGATIVE = "default negative"  # the Encoder's neg_embed: Likeness Project's own default
+# Frontend-only pass-through nodes, which conversion reads through: the frontend's Reroute, rgthree's, and KJNodes'
+# Set / Get pairs (a Get node passes on what the Set node of the same name receives)
+SET, GET = "SetNode", "GetNode"
+PASS_THROUGH = ("Reroute", "Reroute (rgthree)", SET, GET)
 
 
 # ------------------------------------------------------------------ the two file formats behind one interface
@@ -108,12 +112,82 @@ class UIGraph(Graph):
         return next((k for k in self.data["links"] if k[0] == link_id), None)
 
     def source(self, node_id, name):
+        """Where an input reads from: the nearest node, which may pass on what another node made (see `origin`)."""
         for slot in self.node(node_id).get("inputs") or []:
             if slot.get("name") == name and slot.get("link") is not None:
                 link = self.link(slot["link"])
                 if link:
                     return Link(link[1], link[2])
         return None
+
+    def origin(self, src: Link) -> Link:
+        """The output that made what `src` passes on, behind any pass-through nodes (`src` itself otherwise)."""
+        if not self.is_reroute(src.node):
+            return src
+        link = self.through_reroutes([None, src.node, src.slot])
+        return Link(link[1], link[2])
+
+    def is_reroute(self, node_id):
+        return self.type_of(node_id) in PASS_THROUGH
+
+    @staticmethod
+    def _variable(node):
+        values = node.get("widgets_values")
+        return values[0] if isinstance(values, list) and values else None
+
+    def _same_variable(self, node, kind):
+        return [n for n in self.data["nodes"] if n["type"] == kind and self._variable(n) == self._variable(node)]
+
+    def feed(self, node_id):
+        """The link into a pass-through node (a Get node's is its Set node's)."""
+        node = self.node(node_id)
+        if node["type"] == GET:
+            setters = self._same_variable(node, SET)
+            if len(setters) != 1:
+                return None
+            node = setters[0]
+        inputs = node.get("inputs") or []
+        return self.link(inputs[0].get("link")) if inputs and inputs[0].get("link") is not None else None
+
+    def passes_to(self, node_id):
+        """(target, input name) that read what a pass-through node passes on (a Set node's Get nodes' readers)."""
+        out = list(self.consumers(node_id, 0))
+        if self.type_of(node_id) == SET:
+            for getter in self._same_variable(self.node(node_id), GET):
+                out.append((getter["id"], None))
+        return out
+
+    def through_reroutes(self, link):
+        """The link that feeds a chain of pass-through nodes ending in `link` (itself when none is on the way)."""
+        seen = set()
+        while self.is_reroute(link[1]) and link[1] not in seen:
+            seen.add(link[1])
+            upstream = self.feed(link[1])
+            if upstream is None:
+                break
+            link = upstream
+        return link
+
+    def readers(self, node_id, slot=None):
+        """The nodes that read an output (slot None: what a pass-through node passes on), seen through
+        pass-through nodes (which are not listed)."""
+        out, seen = [], set()
+        pending = [(node_id, None)] if slot is None else list(self.consumers(node_id, slot))
+        while pending:
+            target, name = pending.pop()
+            if self.is_reroute(target):
+                if target not in seen:
+                    seen.add(target)
+                    pending += self.passes_to(target)
+            else:
+                out.append((target, name))
+        return out
+
+    def idle(self, node_id):
+        """A pass-through node that passes nothing on any more."""
+        if self.consumers(node_id, 0):
+            return False
+        return self.type_of(node_id) != SET or not self._same_variable(self.node(node_id), GET)
 
     def widget_values(self, node_id):
         values = self.node(node_id).get("widgets_values")
@@ -364,13 +438,20 @@ class Conversion:
     added: list = field(default_factory=list)
     layout_of: dict = field(default_factory=dict)  # old id -> (x, y, w, h) of the old node
     kept_for: set = field(default_factory=set)     # old loaders kept because an unconverted node reads them
+    reroutes: set = field(default_factory=set)     # pass-through nodes that read a converted node
 
     def resolve(self, value):
-        """A link into the old graph, seen through what converted nodes became."""
-        if isinstance(value, Link) and (value.node, value.slot) in self.out:
-            return self.out[(value.node, value.slot)]
-        if isinstance(value, Link) and self.graph.type_of(value.node) in R.LAYOUTS:
-            raise Unconvertible(f"it reads `{self.graph.type_of(value.node)}` (node {value.node}), which stayed as "
+        """A link into the old graph, seen through what converted nodes became. Behind pass-through nodes
+        (Reroutes, Set / Get): a converted node's single output is still read through them (they are rewired to
+        it), anything else (an adapter bundle, params) directly."""
+        if not isinstance(value, Link):
+            return value
+        made = self.graph.origin(value) if isinstance(self.graph, UIGraph) else value
+        if (made.node, made.slot) in self.out:
+            found = self.out[(made.node, made.slot)]
+            return value if made != value and isinstance(found, Link) else found
+        if self.graph.type_of(made.node) in R.LAYOUTS:
+            raise Unconvertible(f"it reads `{self.graph.type_of(made.node)}` (node {made.node}), which stayed as "
                                 "it was")
         return value
 
@@ -486,7 +567,7 @@ def _chain(site, bundle, model, refs, *, weight, weight_type, start_at, end_at, 
     if bundle.faceid:
         apply["faceid_lora_strength"] = 0.0
         site.conv.caveats.add("face lora")
-    else:
+    if negative is None and (not bundle.faceid or bundle.plus):
         site.conv.caveats.add("negative")
     site.conv.caveats.add("middle")
     fixed_composition = weight_type == "style and composition" and _number(weight) != 1.0
@@ -503,10 +584,12 @@ def _chain(site, bundle, model, refs, *, weight, weight_type, start_at, end_at, 
 def _negative_refs(site, bundle, image_negative):
     if image_negative is None:
         return None
-    if bundle.faceid:
+    if bundle.faceid and not bundle.plus:  # the leading pack ignores it there too: identity uncond is zero
         site.conv.caveats.add("face negative")
         return None
-    return _references(site, bundle, image_negative, negative=True)
+    # FaceID Plus: the leading pack CLIP-encodes the raw negative image for the crops' side and keeps a zero
+    # identity, which Project does with Image Encode references as its negative
+    return _references(site, replace(bundle, faceid=False), image_negative, negative=True)
 
 
 def _apply_node(site, *, image_name="image", enhance=False, batch=False, layer_weights=False, precise=None):
@@ -515,6 +598,7 @@ def _apply_node(site, *, image_name="image", enhance=False, batch=False, layer_w
     if site.type == "IPAdapterFaceIDKolors":  # only the Kolors FaceID Plus file works with this node
         bundle = Bundle(bundle.adapter, bundle.clip_vision, bundle.face_model, faceid=True, plus=True, v2=True,
                         sdxl=True, kolors=True)
+        site.conv.caveats.add("kolors")
     model = site.input("model")
     image = site.input(image_name)
     if model is None or image is None:
@@ -564,7 +648,10 @@ def _file_bundle(adapter: Link, name: str) -> Bundle:
 def rule_model_loader(site):
     name = site["ipadapter_file"]
     node = site.add("LikenessAdapterLoader", {"adapter_name": name})
-    return {0: _file_bundle(Link(node, 0), name)}
+    bundle = _file_bundle(Link(node, 0), name)
+    if bundle.kolors:
+        site.conv.caveats.add("kolors")
+    return {0: bundle}
 
 
 def _unified(site, preset, lora=0.6, provider="auto"):
@@ -574,6 +661,8 @@ def _unified(site, preset, lora=0.6, provider="auto"):
     if isinstance(preset, Link) or preset not in R.UNIFIED_PRESETS:
         raise Unconvertible(f"preset {preset!r} has no Likeness preset")
     target = R.UNIFIED_PRESETS[preset]
+    if target == "KOLORS":
+        site.conv.caveats.add("kolors")
     node = site.add("LikenessUnifiedLoader", {"model": model, "preset": target, "faceid_lora_strength": lora,
                                              "provider": provider})
     faceid = target.startswith("FACEID")
@@ -727,10 +816,14 @@ def rule_encoder(site):
     if isinstance(weight, Link) or weight != 1.0:
         if isinstance(weight, Link):
             raise Unconvertible("its `weight` comes from a link; Merge References takes weights as text")
-        site.add_column()
-        refs = Link(site.add("LikenessMergeReferences", {"references_1": refs, "mode": "add",
-                                                         "weights": f"{weight:g}"}), 0)
-        site.conv.caveats.add("encoder weight")
+        if _number(weight) is None:
+            raise Unconvertible(f"its `weight` is {weight!r}, not a number")
+        if weight == 0:
+            raise Unconvertible("its `weight` is 0: the leading pack kept zero features, where Merge References "
+                                "would drop the reference")
+        site.add_column()  # the leading pack multiplies the features of every image by it: concat with one weight
+        refs = Link(site.add("LikenessMergeReferences", {"references_1": refs, "mode": "concat",
+                                                         "weights": f"{float(weight):.10g}"}), 0)
     return {0: refs, 1: DEFAULT_NEGATIVE}
 
 
@@ -878,6 +971,8 @@ def _order(graph, ids):
             deps = set()
             for name in _input_names(graph, node_id):
                 src = graph.source(node_id, name)
+                if src is not None and isinstance(graph, UIGraph):
+                    src = graph.origin(src)
                 if src is not None and src.node in wanted:
                     deps.add(src.node)
             if deps <= done:
@@ -899,15 +994,77 @@ def _input_names(graph, node_id):
 
 
 def _rewire(conv: Conversion, old_id, slot, value, converted):
-    for target, name in conv.graph.consumers(old_id, slot):
+    graph = conv.graph
+    for target, name in graph.consumers(old_id, slot):
         if target in converted:  # it was rebuilt from this value already, and goes away
             continue
+        if isinstance(graph, UIGraph) and graph.is_reroute(target):
+            conv.reroutes.add(target)
+            if not isinstance(value, Link) and all(t in converted for t, _ in graph.readers(target)):
+                continue  # only converted nodes read through it; it goes away with them
         if isinstance(value, Link):
-            conv.graph.connect(value, target, name)
+            graph.connect(value, target, name)
         elif value is None or value == DEFAULT_NEGATIVE:
-            conv.graph.disconnect(target, name)
+            graph.disconnect(target, name)
         else:  # a Bundle or Params read by a node that was not converted: keep the old node for it
             conv.kept_for.add(old_id)
+
+
+AFTER_LIKENESS = ("; it now comes after a Likeness node on the MODEL chain, where the leading pack stops with "
+                  "\"no attribute 'add'\" (it extends an attention patch it expects to be its own): move it before "
+                  "the first Likeness node of the chain")
+
+
+def _warn_about_order(conv: Conversion):
+    """A kept node of the leading pack that reads a MODEL patched by Likeness fails in that pack: say so."""
+    graph = conv.graph
+
+    def model_of(node_id):
+        src = graph.source(node_id, "model") if graph.node(node_id) else None
+        return graph.origin(src) if src is not None and isinstance(graph, UIGraph) else src
+
+    for index, (node_id, kind, reason) in enumerate(conv.kept):
+        current, seen = model_of(node_id), set()
+        while current is not None and current.node not in seen:
+            seen.add(current.node)
+            if (graph.type_of(current.node) or "").startswith("Likeness"):
+                conv.kept[index] = (node_id, kind, reason + AFTER_LIKENESS)
+                break
+            current = model_of(current.node)
+
+
+def _drop_idle_reroutes(conv: Conversion):
+    """Pass-through nodes on the converted paths that no longer lead anywhere (every reader was converted); the
+    others are retyped to what they now carry."""
+    graph = conv.graph
+    pending = set(conv.reroutes)
+    stack = list(pending)
+    while stack:  # the whole chain after each one found
+        for target, _ in graph.passes_to(stack.pop()):
+            if graph.is_reroute(target) and target not in pending:
+                pending.add(target)
+                stack.append(target)
+    changed = True
+    while changed:
+        changed = False
+        for node_id in sorted(pending, key=str):
+            if graph.node(node_id) is not None and graph.idle(node_id):
+                graph.remove(node_id)
+                pending.discard(node_id)
+                changed = True
+    for node_id in pending:
+        node = graph.node(node_id)
+        link = graph.feed(node_id)
+        if node is None or link is None:
+            continue
+        typ = link[5]
+        for slot in (node.get("inputs") or [])[:1] if node["type"] != GET else []:
+            slot["type"] = "*" if node["type"] != SET else typ
+        for out in node.get("outputs") or []:
+            out["type"] = typ
+        for k in graph.data["links"]:
+            if k[1] == node_id:
+                k[5] = typ
 
 
 def convert(workflow: dict) -> tuple[dict, dict]:
@@ -953,6 +1110,9 @@ def convert(workflow: dict) -> tuple[dict, dict]:
         if node_id in conv.kept_for:
             continue
         graph.remove(node_id)
+    if is_ui:
+        _drop_idle_reroutes(conv)
+    _warn_about_order(conv)
     if is_ui:
         _finish_layout(conv)
     return graph.data, summary(conv, is_ui)

@@ -134,15 +134,33 @@ class LikenessUnifiedLoader(LikenessNode):
                                                   "(for Likeness InstantID Control), else nothing.")],
         )
 
+    # The steps that read what the MODEL and the files are, as class methods: the tests' tiny stand-in
+    # (tests/browser/tiny_loaders) overrides them for narrowed models and files and runs the rest as shipped.
+    @classmethod
+    def family_of(cls, model) -> str:
+        return model_family(model)
+
+    @classmethod
+    def find_adapter(cls, preset: str, family: str) -> catalog.Entry:
+        return choose_adapter(preset, family)
+
+    @classmethod
+    def find_encoder(cls, needed: Encoder) -> catalog.Entry:
+        return choose_encoder(needed)
+
+    @classmethod
+    def open_encoder(cls, entry: catalog.Entry):
+        return load_clip_vision(entry)
+
     @classmethod
     def execute(cls, model, preset, faceid_lora_strength, face_model_pack, provider="auto") -> io.NodeOutput:
-        family = model_family(model)
+        family = cls.family_of(model)
         choice = choice_for(preset, family)
-        entry = choose_adapter(preset, family)
+        entry = cls.find_adapter(preset, family)
         adapter = cached_adapter(entry.path)
         encoder = choice.encoder
-        clip_entry = choose_encoder(encoder) if encoder is not None else None
-        clip_vision = load_clip_vision(clip_entry) if clip_entry else None
+        clip_entry = cls.find_encoder(encoder) if encoder is not None else None
+        clip_vision = cls.open_encoder(clip_entry) if clip_entry else None
         face_model, control_net = None, None
         text = f"{preset} on {family}: adapter `{entry.name}`" + (f", encoder `{clip_entry.name}`" if clip_entry
                                                                    else "")

@@ -37,6 +37,7 @@ SDXL_LAYOUT = dict(
     use_temporal_resblock=False)
 
 TINY_CONTEXT = 64
+TINY_KOLORS_TEXT = 96  # the tiny stand-in for Kolors' 4096-wide ChatGLM text space (its encoder_hid_proj input)
 TINY_POOLED = 32
 
 

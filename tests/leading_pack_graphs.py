@@ -8,6 +8,8 @@ from __future__ import annotations
 SD15 = "v1-5-pruned-emaonly.safetensors"
 SDXL = "sd_xl_base_1.0.safetensors"
 CLIP_H = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+KOLORS_FACEID = "Kolors-IP-Adapter-FaceID-Plus.bin"
+KOLORS = "Kolors-unet.safetensors"  # a Kolors model, as a Kolors loader pack would load it
 
 # output types of the nodes these graphs use (leading pack and core)
 OUTPUTS = {
@@ -59,6 +61,40 @@ class Workflow:
             self.links.append([link_id, src, slot, node_id, len(node["inputs"]) - 1, typ])
         return node_id
 
+    def reroute(self, src, slot=0, column=0, row=0):
+        """The frontend's Reroute node on an output (it saves an untyped input and the type it passes on)."""
+        node_id = len(self.nodes) + 1
+        typ = self.nodes[src - 1]["outputs"][slot]["type"]
+        link_id = len(self.links) + 1
+        self.nodes.append({"id": node_id, "type": "Reroute", "pos": [column * 400, row * 300 + 150], "size": [75, 26],
+                           "flags": {}, "order": node_id, "mode": 0,
+                           "inputs": [{"name": "", "type": "*", "link": link_id}],
+                           "outputs": [{"name": "", "type": typ, "links": [], "slot_index": 0}],
+                           "properties": {"showOutputText": False, "horizontal": False}})
+        self.nodes[src - 1]["outputs"][slot]["links"].append(link_id)
+        self.links.append([link_id, src, slot, node_id, 0, typ])
+        return node_id
+
+    def set_get(self, src, slot, name, column=0, row=0):
+        """KJNodes' Set node on an output and a Get node of the same name; returns the Get node."""
+        typ = self.nodes[src - 1]["outputs"][slot]["type"]
+        link_id = len(self.links) + 1
+        setter = len(self.nodes) + 1
+        self.nodes.append({"id": setter, "type": "SetNode", "pos": [column * 400, row * 300 + 150], "size": [210, 58],
+                           "flags": {"collapsed": True}, "order": setter, "mode": 0, "title": f"Set_{name}",
+                           "inputs": [{"name": typ, "type": typ, "link": link_id}],
+                           "outputs": [{"name": "*", "type": "*", "links": None}], "properties": {"previousName": name},
+                           "widgets_values": [name]})
+        self.nodes[src - 1]["outputs"][slot]["links"].append(link_id)
+        self.links.append([link_id, src, slot, setter, 0, typ])
+        getter = len(self.nodes) + 1
+        self.nodes.append({"id": getter, "type": "GetNode", "pos": [column * 400 + 220, row * 300 + 150],
+                           "size": [210, 58], "flags": {"collapsed": True}, "order": getter, "mode": 0,
+                           "title": f"Get_{name}", "inputs": [],
+                           "outputs": [{"name": typ, "type": typ, "links": [], "slot_index": 0}], "properties": {},
+                           "widgets_values": [name]})
+        return getter
+
     def sampled(self, model, ckpt, positive=None, negative=None, column=6, batch=1):
         latent = self.add("EmptyLatentImage", [64, 64, batch], column, 2)
         sampler = self.add("KSampler", [1, "fixed", 2, 4.0, "euler", "normal", 1.0], column, 0, model=(model, 0),
@@ -100,7 +136,7 @@ def advanced_and_simple():
 
 
 def simple_unified():
-    """The simple node in both layouts behind a Unified loader (validated, not run: presets need real files)."""
+    """The simple node in both layouts behind a Unified loader."""
     w, ckpt, clip, image = _base()
     loader = w.add("IPAdapterUnifiedLoader", ["PLUS (high strength)"], 1, 0, model=(ckpt, 0))
     a = w.add("IPAdapter", [0.8, 0.0, 1.0], 2, 0, model=(loader, 0), ipadapter=(loader, 1), image=(image, 0))
@@ -111,12 +147,13 @@ def simple_unified():
 
 
 def embeds():
-    """Encoder weights, Combine Embeds (all modes exercised through the table), Embeds (old 4 values), Save."""
+    """Encoder weights (one on a batch of two), Combine Embeds, Embeds (old 4 values), Save."""
     w, ckpt, clip, image = _base()
     other = w.add("LoadImage", ["likeness_subject_b.png", "image"], 0, 4)
     adapter = w.add("IPAdapterModelLoader", ["ip-adapter-plus_sd15.safetensors"], 0, 3)
     e1 = w.add("IPAdapterEncoder", [0.6], 1, 0, ipadapter=(adapter, 0), image=(image, 0), clip_vision=(clip, 0))
-    e2 = w.add("IPAdapterEncoder", [1.5], 1, 1, ipadapter=(adapter, 0), image=(other, 0), clip_vision=(clip, 0))
+    both = w.add("ImageBatch", [], 0, 5, image1=(other, 0), image2=(image, 0))
+    e2 = w.add("IPAdapterEncoder", [1.5], 1, 1, ipadapter=(adapter, 0), image=(both, 0), clip_vision=(clip, 0))
     combined = w.add("IPAdapterCombineEmbeds", ["average"], 2, 0, embed1=(e1, 0), embed2=(e2, 0))
     normed = w.add("IPAdapterCombineEmbeds", ["norm average"], 2, 1, embed1=(e1, 0), embed2=(e2, 0))
     applied = w.add("IPAdapterEmbeds", [0.8, "linear", 0.0, 1.0], 3, 0, model=(ckpt, 0), ipadapter=(adapter, 0),
@@ -214,12 +251,18 @@ def faceid():
     face = w.add("LoadImage", ["likeness_face_1.png", "image"], 0, 4)
     insight = w.add("IPAdapterInsightFaceLoader", ["CPU"], 0, 5)
     adapter = w.add("IPAdapterModelLoader", ["ip-adapter-faceid-plusv2_sd15.bin"], 0, 3)
+    negative = w.add("LoadImage", ["likeness_subject_b.png", "image"], 0, 6)
+    plain = w.add("IPAdapterModelLoader", ["ip-adapter-faceid_sd15.bin"], 0, 7)
+    # FaceID Plus with a negative image (its CLIP features become the uncond crops' side)
     m = w.add("IPAdapterFaceID", [0.9, 1.5, "linear", "concat", 0.0, 1.0], 1, 0, model=(ckpt, 0),
-              ipadapter=(adapter, 0), image=(face, 0), clip_vision=(clip, 0), insightface=(insight, 0))
+              ipadapter=(adapter, 0), image=(face, 0), image_negative=(negative, 0), clip_vision=(clip, 0),
+              insightface=(insight, 0))
     m = w.add("IPAAdapterFaceIDBatch", [0.5, 1.0, "linear", "concat", 0.0, 1.0, "V only"], 2, 0, model=(m, 0),
               ipadapter=(adapter, 0), image=(face, 0), clip_vision=(clip, 0), insightface=(insight, 0))
+    # plain FaceID with a negative image, which the leading pack does not use with it
     m = w.add("IPAdapterFaceID", [0.3, 1.0, "ease out", "average", 0.0, 1.0, "V only"], 3, 0, model=(m, 0),
-              ipadapter=(adapter, 0), image=(face, 0), clip_vision=(clip, 0), insightface=(insight, 0))
+              ipadapter=(plain, 0), image=(face, 0), image_negative=(negative, 0), clip_vision=(clip, 0),
+              insightface=(insight, 0))
     m = w.add("IPAAdapterFaceIDBatch", [0.3, 1.0, "linear", "concat", 0.0, 1.0], 4, 0, model=(m, 0),
               ipadapter=(adapter, 0), image=(face, 0), clip_vision=(clip, 0), insightface=(insight, 0))
     m = w.add("IPAAdapterFaceIDBatch", [0.3, 1.0, "linear", "concat", 0.0, 1.0, "V only", "0:1.0, 15:0.5"], 5, 0,
@@ -230,23 +273,62 @@ def faceid():
 
 
 def faceid_unified():
-    """Unified FaceID / Community loaders, FaceID Kolors, 8-value FaceID (layer_weights era); validated only."""
+    """Unified FaceID and Community loaders on SDXL, 8-value FaceID (layer_weights era)."""
     w, ckpt, clip, image = _base(SDXL)
-    loader = w.add("IPAdapterUnifiedLoaderFaceID", ["FACEID PLUS V2", 0.6, "CUDA"], 1, 0, model=(ckpt, 0))
+    face = w.add("LoadImage", ["likeness_face_1.png", "image"], 0, 4)
+    loader = w.add("IPAdapterUnifiedLoaderFaceID", ["FACEID PLUS V2", 0.6, "CPU"], 1, 0, model=(ckpt, 0))
     m = w.add("IPAdapterFaceID", [0.8, 2.0, "linear", "concat", 0.0, 1.0, "V only", ""], 2, 0, model=(loader, 0),
-              ipadapter=(loader, 1), image=(image, 0))
-    kolors = w.add("IPAdapterUnifiedLoaderCommunity", ["Kolors"], 3, 0, model=(m, 0))
-    m = w.add("IPAdapterAdvanced", [0.6, "style transfer precise", "concat", 0.0, 1.0, "V only"], 4, 1,
-              model=(kolors, 0), ipadapter=(kolors, 1), image=(image, 0))
-    insight = w.add("IPAdapterInsightFaceLoader", ["CUDA", "antelopev2"], 3, 2)
-    face_adapter = w.add("IPAdapterModelLoader", ["Kolors-IP-Adapter-FaceID-Plus.bin"], 3, 3)
-    m = w.add("IPAdapterFaceIDKolors", [0.7, 1.0, 0.8, "linear", "concat", 0.0, 1.0, "V only"], 4, 0,
-              model=(m, 0), ipadapter=(face_adapter, 0), image=(image, 0), insightface=(insight, 0),
-              clip_vision=(clip, 0))
-    comp = w.add("IPAdapterUnifiedLoaderCommunity", ["Composition"], 5, 0, model=(m, 0))
-    m = w.add("IPAdapterAdvanced", [1.0, "composition", "concat", 0.0, 1.0, "V only"], 6, 0, model=(comp, 0),
+              ipadapter=(loader, 1), image=(face, 0))
+    comp = w.add("IPAdapterUnifiedLoaderCommunity", ["Composition"], 3, 0, model=(m, 0))
+    m = w.add("IPAdapterAdvanced", [1.0, "composition", "concat", 0.0, 1.0, "V only"], 4, 0, model=(comp, 0),
               ipadapter=(comp, 1), image=(image, 0))
-    w.sampled(m, ckpt, column=7)
+    w.sampled(m, ckpt, column=5)
+    return w.data()
+
+
+def kolors_community(checkpoint=KOLORS):
+    """The Community loader's Kolors preset. On the Kolors checkpoint (the tests' loader gives a tiny Kolors-layout
+    UNet, as a Kolors loader pack does) it runs; on SDXL the run stops with the message that this is no Kolors."""
+    w, ckpt, clip, image = _base(checkpoint)
+    kolors = w.add("IPAdapterUnifiedLoaderCommunity", ["Kolors"], 1, 0, model=(ckpt, 0))
+    m = w.add("IPAdapterAdvanced", [0.6, "style transfer precise", "concat", 0.0, 1.0, "V only"], 2, 0,
+              model=(kolors, 0), ipadapter=(kolors, 1), image=(image, 0))
+    w.sampled(m, ckpt, column=3)
+    return w.data()
+
+
+def kolors_faceid(checkpoint=KOLORS):
+    """FaceID Kolors with antelopev2, on the Kolors checkpoint or (the no-Kolors message) on SDXL."""
+    w, ckpt, clip, _ = _base(checkpoint)
+    face = w.add("LoadImage", ["likeness_face_1.png", "image"], 0, 4)
+    insight = w.add("IPAdapterInsightFaceLoader", ["CPU", "antelopev2"], 0, 5)
+    adapter = w.add("IPAdapterModelLoader", [KOLORS_FACEID], 0, 3)
+    m = w.add("IPAdapterFaceIDKolors", [0.7, 1.0, 0.8, "linear", "concat", 0.0, 1.0, "V only"], 1, 0,
+              model=(ckpt, 0), ipadapter=(adapter, 0), image=(face, 0), insightface=(insight, 0),
+              clip_vision=(clip, 0))
+    w.sampled(m, ckpt, column=2)
+    return w.data()
+
+
+def reroutes():
+    """Pass-through nodes on the adapter's and the MODEL's paths: Reroutes (one chained after another, one of
+    rgthree's) and a KJNodes Set / Get pair carrying the IPADAPTER and another carrying a MODEL."""
+    w, ckpt, clip, image = _base()
+    adapter = w.add("IPAdapterModelLoader", ["ip-adapter-plus_sd15.safetensors"], 0, 3)
+    r1 = w.reroute(adapter, 0, 1, 3)
+    r2 = w.reroute(r1, 0, 2, 3)
+    get_adapter = w.set_get(adapter, 0, "ipa", 0, 4)
+    model_in = w.reroute(ckpt, 0, 1, 1)
+    w.nodes[model_in - 1]["type"] = "Reroute (rgthree)"
+    a = w.add("IPAdapterAdvanced", [0.7, "linear", "concat", 0.0, 1.0, "V only"], 2, 0, model=(model_in, 0),
+              ipadapter=(r1, 0), image=(image, 0), clip_vision=(clip, 0))
+    b = w.add("IPAdapterAdvanced", [0.5, "ease out", "concat", 0.0, 1.0, "V only"], 3, 0, model=(a, 0),
+              ipadapter=(r2, 0), image=(image, 0), clip_vision=(clip, 0))
+    get_model = w.set_get(b, 0, "patched", 3, 2)
+    c = w.add("IPAdapterAdvanced", [0.3, "linear", "concat", 0.0, 1.0, "V only"], 4, 0, model=(get_model, 0),
+              ipadapter=(get_adapter, 0), image=(image, 0), clip_vision=(clip, 0))
+    model_out = w.reroute(c, 0, 5, 1)
+    w.sampled(model_out, ckpt, column=6)
     return w.data()
 
 
@@ -278,13 +360,19 @@ def unconvertible():
     weights = w.add("IPAdapterWeights", ["1.0, 0.0", "linear", 4, 0, 9999], 1, 1)
     w.add("IPAdapterCombineWeights", [0.0, 0.0], 2, 1, weights_1=(weights, 0), weights_2=(weights, 1))
     w.add("IPAdapterPromptScheduleFromWeightsStrategy", ["a cat"], 2, 2, weights_strategy=(weights, 5))
+    m = w.add("IPAdapterAdvanced", [0.5, "linear", "concat", 0.0, 1.0, "V only"], 1, 0, model=(ckpt, 0),
+              ipadapter=(adapter, 0), image=(image, 0), clip_vision=(clip, 0))  # converts, and comes first
     m = w.add("IPAdapterAdvanced", [1.0, "linear", "concat", 0.0, 1.0, "V only", "extra", "values"], 2, 0,
-              model=(ckpt, 0), ipadapter=(adapter, 0), image=(image, 0), clip_vision=(clip, 0))
+              model=(m, 0), ipadapter=(adapter, 0), image=(image, 0), clip_vision=(clip, 0))
     w.add("IPAdapterLoadEmbeds", ["alice.ipadpt"], 1, 4)
     w.sampled(m, ckpt)
     return w.data()
 
 
-RUNNABLE = {"old_layouts": old_layouts, "advanced_and_simple": advanced_and_simple, "embeds": embeds, "style_composition": style_composition,
-            "animation": animation, "faceid": faceid, "regional": regional}
-VALIDATED = {"simple_unified": simple_unified, "faceid_unified": faceid_unified}
+RUNNABLE = {"old_layouts": old_layouts, "advanced_and_simple": advanced_and_simple, "embeds": embeds,
+            "style_composition": style_composition, "animation": animation, "faceid": faceid, "regional": regional,
+            "simple_unified": simple_unified, "faceid_unified": faceid_unified, "reroutes": reroutes,
+            "kolors_community": kolors_community, "kolors_faceid": kolors_faceid}
+# converted, validated and run on SDXL: the run ends in the message that this ComfyUI has no Kolors of its own
+NO_KOLORS = {"kolors_community_on_sdxl": lambda: kolors_community(SDXL),
+             "kolors_faceid_on_sdxl": lambda: kolors_faceid(SDXL)}

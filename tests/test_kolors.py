@@ -83,7 +83,7 @@ def test_kolors_adapters_on_other_models_get_a_clear_error():
 
 # ---------------------------------------------------------------- applying on a Kolors-like UNet
 
-TOKEN_WIDTH = 96  # the tiny stand-in for Kolors FaceID's 4096-wide (ChatGLM space) tokens
+TOKEN_WIDTH = builders.TINY_KOLORS_TEXT  # the tiny stand-in for Kolors FaceID's 4096-wide (ChatGLM space) tokens
 
 
 def kolors_unet(seed=0):

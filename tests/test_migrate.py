@@ -18,8 +18,8 @@ import pytest
 import leading_pack_graphs as graphs
 import nodes
 from conftest import PACK, pack, run_prompt
-from test_workflows import (input_specs, is_widget, one_torch_thread, problems_in, return_types,  # noqa: F401
-                            test_prompt, workflow_models)
+from test_workflows import (PASS_THROUGH, input_specs, is_widget, one_torch_thread, problems_in,  # noqa: F401
+                            return_types, test_prompt, through_reroutes, workflow_models)
 
 migrate = pack("nodes.migrate")
 R = pack("nodes.core.migrate_rules")
@@ -86,7 +86,7 @@ def test_every_class_of_the_leading_pack_has_a_rule_or_a_reason():
 
 def test_the_fixtures_cover_every_class_and_every_layout():
     seen = set()
-    for make in [*graphs.RUNNABLE.values(), *graphs.VALIDATED.values(), graphs.unconvertible]:
+    for make in [*graphs.RUNNABLE.values(), *graphs.NO_KOLORS.values(), graphs.unconvertible]:
         for n in make()["nodes"]:
             if n["type"] in R.LAYOUTS:
                 seen.add((n["type"], len(n["widgets_values"])))
@@ -98,14 +98,50 @@ def test_the_fixtures_cover_every_class_and_every_layout():
 
 # ------------------------------------------------------------------ converted graphs
 
-ALL = {**graphs.RUNNABLE, **graphs.VALIDATED}
+ALL = {**graphs.RUNNABLE, **graphs.NO_KOLORS}
+
+# adapters the converted graphs find through presets or name, beyond those of workflows/ (test_workflows writes
+# those): tiny files in the official layouts, under the official names
+EXTRA_ADAPTERS = ("ip-adapter-faceid-plusv2_sdxl.bin", "ip_plus_composition_sdxl.safetensors")
 
 
-FILE_WIDGETS = ("`ckpt_name`", "`clip_name`", "`adapter_name`", "`image`")
+@pytest.fixture(scope="module")
+def migrate_models(workflow_models):
+    import torch
+
+    import builders
+    from test_kolors import TOKEN_WIDTH
+    from test_workflows import write_tiny_adapter
+
+    for name in EXTRA_ADAPTERS:
+        write_tiny_adapter(workflow_models / "ipadapter", name)
+    # Kolors FaceID Plus, narrowed: 6 tokens in a (tiny) text-encoder space wider than the tiny SDXL's context,
+    # nested as the published .bin is
+    widths = [s.width for s in pack("nodes.host.sites").find_sites(builders.build_unet("sdxl"))]
+    shapes = {"image_proj." + k: v for k, v in builders.faceid_plus_shapes(TOKEN_WIDTH, clip=64, t=6, depth=1).items()}
+    shapes.update({"ip_adapter." + k: v for k, v in builders.kv_shapes(widths, builders.TINY_CONTEXT).items()})
+    nested = {}
+    for key, value in builders.tensors_for(shapes, seed=5).items():
+        group, rest = key.split(".", 1)
+        nested.setdefault(group, {})[rest] = value
+    torch.save(nested, workflow_models / "ipadapter" / graphs.KOLORS_FACEID)
+    # Kolors Plus (the KOLORS preset), narrowed: a resampler over a tiny ViT-L/14-336's hidden states, nested
+    builders.write_tiny_clip_vision(str(workflow_models / "clip_vision"), "clip-vit-large-patch14-336", seed=1024,
+                                    hidden=80, projection=40)
+    nested = {}
+    for key, value in builders.tiny_adapter_state("resampler", widths, input_width=80, tokens=16, seed=6).items():
+        group, rest = key.split(".", 1)
+        nested.setdefault(group, {})[rest] = value
+    torch.save(nested, workflow_models / "ipadapter" / "Kolors-IP-Adapter-Plus.bin")
+    (workflow_models / "checkpoints" / graphs.KOLORS).write_bytes(b"")  # the tests' loader builds the model
+    import folder_paths
+
+    folder_paths.filename_list_cache.clear()
+    return workflow_models
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
-def test_converted_graph_matches_the_live_definitions_and_does_not_overlap(name, workflow_models):
+def test_converted_graph_matches_the_live_definitions_and_does_not_overlap(name, migrate_models):
     original = ALL[name]()
     before = copy.deepcopy(original)
     converted, summary = convert(original)
@@ -113,8 +149,6 @@ def test_converted_graph_matches_the_live_definitions_and_does_not_overlap(name,
     assert leading_types(converted) == [], summary["text"]
     assert not summary["kept"], summary["text"]
     problems = problems_in(converted)
-    if name in graphs.VALIDATED:  # model files these graphs name are not among the tiny ones (the run test has them)
-        problems = [p for p in problems if not any(f"{w} = " in p for w in FILE_WIDGETS)]
     assert not problems, "\n".join(problems)
     assert not overlaps(converted), overlaps(converted)
     ids = [n["id"] for n in converted["nodes"]]
@@ -131,19 +165,52 @@ def test_converted_graph_matches_the_live_definitions_and_does_not_overlap(name,
     assert "middle block" in summary["text"]
 
 
+# what the Unified loaders of these graphs report choosing (the preset, the family it found, the files)
+UNIFIED_CHOICES = {"simple_unified": ["PLUS on SD1.5: adapter `ip-adapter-plus_sd15.safetensors`"],
+                   "faceid_unified": ["FACEID PLUS V2 on SDXL: adapter `ip-adapter-faceid-plusv2_sdxl.bin`",
+                                      "COMPOSITION on SDXL: adapter `ip_plus_composition_sdxl.safetensors`"],
+                   "kolors_community": ["KOLORS on Kolors: adapter `Kolors-IP-Adapter-Plus.bin`, encoder "
+                                        "`clip-vit-large-patch14-336.safetensors`"]}
+
+
 @pytest.mark.parametrize("name", sorted(graphs.RUNNABLE))
-def test_converted_graph_runs_end_to_end(name, workflow_models):
+def test_converted_graph_runs_end_to_end(name, migrate_models):
     converted, summary = convert(graphs.RUNNABLE[name]())
     result = run_prompt(test_prompt(converted))
     assert result.valid, f"{result.error} {result.node_errors}"
     assert result.success, result.execution_error()
+    outputs = result.executor.history_result["outputs"]
+    said = [outputs[str(n["id"])]["text"][0] for n in converted["nodes"]
+            if n["type"] == "LikenessUnifiedLoader" and str(n["id"]) in outputs]
+    for wanted in UNIFIED_CHOICES.get(name, []):
+        assert any(text.startswith(wanted) for text in said), (wanted, said)
+
+
+@pytest.mark.parametrize("name", sorted(graphs.NO_KOLORS))
+def test_converted_kolors_graphs_run_into_the_no_kolors_message(name, migrate_models):
+    """This ComfyUI has no Kolors model of its own: the converted graph validates, runs, and stops with the message
+    that says where Kolors comes from (a Kolors loader pack), not with a traceback."""
+    converted, summary = convert(graphs.NO_KOLORS[name]())
+    assert "Kolors" in summary["text"]
+    result = run_prompt(test_prompt(converted))
+    assert result.valid, f"{result.error} {result.node_errors}"
+    error = result.execution_error()
+    assert error is not None and not result.success
+    assert pack("nodes.core.apply").NO_KOLORS_SUPPORT in error["exception_message"], error["exception_message"]
+    failing = next(n for n in converted["nodes"] if str(n["id"]) == str(error["node_id"]))
+    assert failing["type"] == {"kolors_community_on_sdxl": "LikenessUnifiedLoader",
+                               "kolors_faceid_on_sdxl": "LikenessApply"}[name]
 
 
 def _api(workflow):
-    """The leading-pack workflow as an API prompt (named widget values), the way its users export it."""
+    """The leading-pack workflow as an API prompt (named widget values), the way its users export it (the
+    frontend reads through pass-through nodes and leaves them out)."""
     links = {k[0]: k for k in workflow["links"]}
+    by_id = {n["id"]: n for n in workflow["nodes"]}
     prompt = {}
     for n in workflow["nodes"]:
+        if n["type"] in PASS_THROUGH:
+            continue
         if n["type"] in R.LAYOUTS:
             names = next(layout for layout in R.LAYOUTS[n["type"]] if len(layout) == len(n["widgets_values"]))
             inputs = dict(zip(names, n["widgets_values"]))
@@ -151,14 +218,14 @@ def _api(workflow):
             inputs = {}
         for slot in n["inputs"]:
             if slot.get("link") is not None:
-                link = links[slot["link"]]
+                link = through_reroutes(links[slot["link"]], links, by_id)
                 inputs[slot["name"]] = [str(link[1]), link[2]]
         prompt[str(n["id"])] = {"class_type": n["type"], "inputs": inputs}
     return prompt
 
 
-@pytest.mark.parametrize("name", ["advanced_and_simple", "style_composition", "regional"])
-def test_api_format_converts_and_runs(name, workflow_models):
+@pytest.mark.parametrize("name", sorted(graphs.RUNNABLE))
+def test_api_format_converts_and_runs(name, migrate_models):
     ui = graphs.RUNNABLE[name]()
     prompt = _api(ui)
     reference = test_prompt(convert(ui)[0])  # core nodes from the UI route, to fill their widget values
@@ -167,9 +234,9 @@ def test_api_format_converts_and_runs(name, workflow_models):
             prompt[key] = copy.deepcopy(reference[key])
     converted, summary = convert(prompt)
     assert not [n for n in converted.values() if n["class_type"] in R.LAYOUTS], summary["text"]
-    assert sorted(n["class_type"] for n in converted.values()) == sorted(n["class_type"] for n in reference.values())
     for node in converted.values():
         node["class_type"] = test_workflows_swaps().get(node["class_type"], node["class_type"])
+    assert sorted(n["class_type"] for n in converted.values()) == sorted(n["class_type"] for n in reference.values())
     result = run_prompt(converted)
     assert result.valid, f"{result.error} {result.node_errors}"
     assert result.success, result.execution_error()
@@ -191,6 +258,9 @@ def test_unconvertible_nodes_stay_with_a_note_next_to_them():
     kept = {k["type"]: k["reason"] for k in summary["kept"]}
     assert set(kept) >= {"IPAdapterCombineWeights", "IPAdapterPromptScheduleFromWeightsStrategy", "IPAdapterAdvanced"}
     assert "8 widget values" in kept["IPAdapterAdvanced"]
+    # it reads the MODEL of the first Advanced, now a Likeness Apply: the leading pack would fail there
+    assert "after a Likeness node on the MODEL chain" in kept["IPAdapterAdvanced"]
+    assert "after a Likeness node" not in kept["IPAdapterCombineWeights"]
     notes = [n for n in converted["nodes"] if n["type"] == "Note"]
     for kept_node in summary["kept"]:
         if kept_node["reason"].startswith("an unconverted node still reads"):
@@ -215,6 +285,11 @@ def test_hostile_input_is_refused_with_a_message():
     wf["nodes"][6]["widgets_values"] = [float("nan"), None, {"x": 1}, "a", []]
     converted, summary = convert(wf)  # odd values: the node stays, nothing raises
     assert summary["kept"]
+    wf = graphs.embeds()
+    encoder = next(n for n in wf["nodes"] if n["type"] == "IPAdapterEncoder")
+    encoder["widgets_values"] = [0.0]  # zero features there; Merge References would drop the reference
+    converted, summary = convert(wf)
+    assert [k["type"] for k in summary["kept"] if "`weight` is 0" in k["reason"]] == ["IPAdapterEncoder"]
 
 
 # ------------------------------------------------------------------ per-site weights against the formulas
@@ -303,6 +378,62 @@ def test_widget_values_carry_over():
     assert embed["widgets_values"] == ["most confident", 0, "error", "224"]
     loader = by_type["LikenessFaceModelLoader"][0]
     assert loader["widgets_values"] == ["buffalo_l", "CPU"]
+
+
+def test_faceid_negative_images_follow_the_leading_pack():
+    """FaceID Plus: the negative image is CLIP-encoded into Project's negative (a zero identity with its features,
+    as there); plain FaceID: left out, as there, and the summary says so."""
+    original = graphs.faceid()
+    converted, summary = convert(original)
+    by_id = {n["id"]: n for n in converted["nodes"]}
+    links = {k[0]: k for k in converted["links"]}
+
+    def source(node, name):
+        link = next(i["link"] for i in node["inputs"] if i["name"] == name)
+        return by_id[links[link][1]]
+
+    negative_image = next(n for n in original["nodes"] if n["type"] == "LoadImage"
+                          and n["widgets_values"][0] == "likeness_subject_b.png")
+    projects = sorted((n for n in converted["nodes"] if n["type"] == "LikenessProject"), key=lambda n: n["id"])
+    encoded = source(projects[0], "negative")
+    assert encoded["type"] == "LikenessImageEncode" and source(encoded, "image")["id"] == negative_image["id"]
+    assert [n for n in projects[1:] if any(i["name"] == "negative" and i.get("link") for i in n["inputs"])] == []
+    assert "FaceID (not Plus) and Portrait: the negative image was left out" in summary["text"]
+
+
+def test_pass_through_nodes_are_read_through_and_kept_where_they_still_carry_something():
+    original = graphs.reroutes()
+    converted, summary = convert(original)
+    assert not leading_types(converted) and not summary["kept"], summary["text"]
+    passing = {n["id"]: n for n in converted["nodes"] if n["type"] in PASS_THROUGH}
+    by_id = {n["id"]: n for n in converted["nodes"]}
+    links = {k[0]: k for k in converted["links"]}
+    old = {n["id"]: n for n in original["nodes"] if n["type"] in PASS_THROUGH}
+
+    def carried(node):
+        return node["outputs"][0]["type"] if node["type"] != "SetNode" else node["inputs"][0]["type"]
+
+    # the IPADAPTER's Reroutes and Set / Get led only to converted nodes: gone; those on the MODEL's path stay,
+    # typed MODEL, and feed the Likeness nodes that replaced their readers
+    assert sorted(passing) == sorted(i for i, n in old.items() if carried(n) == "MODEL")
+    assert all(carried(n) == "MODEL" for n in passing.values())
+    for link in converted["links"]:
+        if link[1] in passing:
+            assert link[5] == "MODEL"
+    into_sampler = next(i for i in passing if any(by_id[links[k][3]]["type"] == "KSampler"
+                                                  for k in passing[i]["outputs"][0]["links"] or []))
+    assert by_id[links[passing[into_sampler]["inputs"][0]["link"]][1]]["type"] == "LikenessApply"
+    applies = sorted((n for n in converted["nodes"] if n["type"] == "LikenessApply"), key=lambda n: n["id"])
+
+    def model_source(node):
+        return by_id[links[next(i["link"] for i in node["inputs"] if i["name"] == "model")][1]]
+
+    assert model_source(applies[0])["type"] == "Reroute (rgthree)"  # the checkpoint's, still on the path
+    assert model_source(applies[-1])["type"] == "GetNode"  # the third Apply reads the second's MODEL via Set / Get
+    setter = next(n for n in passing.values() if n["type"] == "SetNode")
+    assert by_id[links[setter["inputs"][0]["link"]][1]]["id"] == applies[1]["id"]
+    loaders = [n for n in converted["nodes"] if n["type"] == "LikenessAdapterLoader"]
+    assert len(loaders) == 1 and len(loaders[0]["outputs"][0]["links"]) == 6  # 3 Projects, 3 Applies
 
 
 def test_the_cli_writes_the_converted_file_and_prints_the_summary(tmp_path):

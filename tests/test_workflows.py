@@ -56,7 +56,26 @@ import nodes
 from conftest import PACK, pack, run_prompt, tiny_loaders
 
 WORKFLOWS = sorted((PACK / "workflows").glob("*.json"))
-UI_ONLY = {"Note", "MarkdownNote"}
+# The frontend queues none of these: Notes, and the pass-through nodes it reads through (the Reroute, rgthree's,
+# KJNodes' Set / Get pairs)
+PASS_THROUGH = {"Reroute", "Reroute (rgthree)", "SetNode", "GetNode"}
+UI_ONLY = {"Note", "MarkdownNote", *PASS_THROUGH}
+
+
+def through_reroutes(link: list, links: dict, by_id: dict) -> list:
+    """The link feeding a chain of pass-through nodes that ends in `link`, as the frontend resolves it."""
+    while by_id.get(link[1], {}).get("type") in PASS_THROUGH:
+        node = by_id[link[1]]
+        if node["type"] == "GetNode":
+            node = next(n for n in by_id.values()
+                        if n["type"] == "SetNode" and n["widgets_values"][0] == node["widgets_values"][0])
+        upstream = (node.get("inputs") or [{}])[0].get("link")
+        if upstream is None:
+            break
+        link = links[upstream]
+    return link
+
+
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
@@ -119,6 +138,7 @@ def widget_values(node: dict) -> dict[str, object]:
 def ui_to_prompt(workflow: dict) -> dict:
     """The API prompt the frontend queues for a UI-format workflow (plain nodes, no groups or bypass)."""
     links = {link[0]: link for link in workflow["links"]}
+    by_id = {n["id"]: n for n in workflow["nodes"]}
     prompt = {}
     for node in workflow["nodes"]:
         if node["type"] in UI_ONLY:
@@ -127,7 +147,7 @@ def ui_to_prompt(workflow: dict) -> dict:
         inputs = widget_values(node)
         for slot in node.get("inputs") or []:
             if slot.get("link") is not None:
-                _, origin, origin_slot, *_ = links[slot["link"]]
+                _, origin, origin_slot, *_ = through_reroutes(links[slot["link"]], links, by_id)
                 inputs[slot["name"]] = [str(origin), origin_slot]
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs,
                                    "_meta": {"title": node.get("title") or node["type"]}}
@@ -178,6 +198,7 @@ def problems_in(workflow: dict) -> list[str]:
             _, origin, origin_slot, target, target_slot, link_type = link
             if (target, target_slot) != (node["id"], slot_index):
                 out.append(f"{where}: link {link[0]} ends at {target}:{target_slot}, the node says {node['id']}:{slot_index}")
+            _, origin, origin_slot, *_ = through_reroutes(link, links, by_id)
             src = by_id.get(origin)
             if src is None or src["type"] not in nodes.NODE_CLASS_MAPPINGS:
                 out.append(f"{where}: input `{name}` comes from a missing node {origin}")
@@ -388,7 +409,7 @@ def test_workflow_matches_the_live_node_definitions(path, workflow_models):
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_is_documented_and_uses_official_files(path):
     workflow = _load(path)
-    notes = [n for n in workflow["nodes"] if n["type"] in UI_ONLY]
+    notes = [n for n in workflow["nodes"] if n["type"] in ("Note", "MarkdownNote")]
     assert notes and all(len(n["widgets_values"][0]) > 80 for n in notes), "each workflow needs a Note saying what to change"
     readme = (PACK / "README.md").read_text()
     for node in workflow["nodes"]:

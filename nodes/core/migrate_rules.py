@@ -217,8 +217,9 @@ CAVEATS = {
                     "name (Likeness's own `norm average` is a different formula).",
     "face select": "FaceID: Face Embed is set to `most confident` (the leading pack took the detector's first "
                    "face); change `select` to pick another face.",
-    "face negative": "FaceID: the negative image was dropped. Likeness wants face references as a FaceID negative "
-                     "(Face Embed on a picture with a face, into Project's `negative`).",
+    "face negative": "FaceID (not Plus) and Portrait: the negative image was left out; the leading pack did not use "
+                     "it with these adapters either (the uncond identity is zero). For a negative identity, give "
+                     "Project Face Embed references of another face.",
     "face lora": "FaceID: Apply's faceid_lora_strength is 0, as the leading pack never added the LoRA in its "
                  "apply nodes (the Unified Loader's faceid_lora_strength still applies it).",
     "prep": "Prep Image: Likeness Prep Image follows the leading pack's crop positions, resize filters and CAS "
@@ -226,8 +227,9 @@ CAVEATS = {
     "openvino": "OpenVINO has no Likeness provider; `auto` picks the best onnxruntime provider installed.",
     "ipadpt": "Load Embeds: Likeness reads a `.ipadpt` file only when it holds plain tensors (never pickled code), "
               "and it carries one feature kind; save the references again with Likeness Save References.",
-    "encoder weight": "Encoder weight: folded into a Merge References `add` with that weight, which is exact for "
-                      "one image per Encoder; an image batch is summed instead of scaled row by row.",
+    "kolors": "Kolors: this ComfyUI has no Kolors model of its own. Likeness applies Kolors adapters to the MODEL of a "
+              "Kolors loader pack (one whose UNet carries `encoder_hid_proj`, such as ComfyUI-Kolors-MZ); on any "
+              "other MODEL the run stops and says so.",
     "regional": "Regional conditioning: each region became its own Likeness chain on the MODEL and a core "
                 "Conditioning (Set Mask) node for its prompt, with the same mask and weights.",
 }

@@ -10,8 +10,15 @@ that tests/test_browser.py starts. Nothing here is part of the pack.
   the latent average-pooled by 8 and upsamples its output back, because attention over a 64x64 latent
   (a 512 px image) costs ~20 s per step on two CPU cores; the example workflows keep their real sizes.
   The VAE decodes at latent resolution without mid-block attention and upsamples x8, for the same reason.
+  A file name with "kolors" gives the tiny SDXL layout whose UNet carries a text projection
+  (`encoder_hid_proj`), which is how Kolors loader packs build Kolors.
 * `LikenessTestTinyCLIPVision` replaces CLIPVisionLoader: a tiny CLIP vision file plus its JSON config,
   written under the official file name.
+* `LikenessTestTinyUnifiedLoader` replaces LikenessUnifiedLoader: the shipped node with its three steps that
+  read what the model and files are fitted to the tiny ones (the family from the tiny model's config class; the
+  adapter and the image encoder under their official names, when the shipped choice by weights finds none,
+  which happens for narrowed image adapters). Everything else (the preset table, the FaceID LoRA, the face
+  model, the errors) runs as shipped.
 * `LikenessTestTinyControlNet` replaces ControlNetLoader for a tiny SDXL ControlNet in IdentityNet's diffusers
   layout, written under the official file name. It loads the file with ComfyUI's own loader
   (`comfy.controlnet.load_controlnet`, the one ControlNetLoader calls), for which two things are needed: ComfyUI
@@ -39,6 +46,7 @@ import functools
 import math
 import os
 import sys
+import types
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +77,8 @@ VAE_CONFIG = {"params": {"embed_dim": 4, "ddconfig": {
 
 
 def kind_for(ckpt_name: str) -> str:
-    return "sdxl" if "xl" in ckpt_name.lower() else "sd15"
+    name = ckpt_name.lower()
+    return "kolors" if "kolors" in name else "sdxl" if "xl" in name else "sd15"
 
 
 def _seeded(state: dict, seed: int) -> dict:
@@ -100,9 +109,17 @@ def _pooled_class(base: type) -> type:
 
 @functools.lru_cache(maxsize=4)
 def tiny_model(kind: str):
-    model = builders.build_unet.__wrapped__(kind, seed=11)  # a private copy; the cached one stays as it is
+    # a private copy; the cached one stays as it is
+    model = builders.build_unet.__wrapped__("sdxl" if kind == "kolors" else kind, seed=11)
     unet = model.model.diffusion_model
     unet.__class__ = _pooled_class(type(unet))
+    if kind == "kolors":  # the SDXL layout with the text projection a Kolors loader pack's UNet carries
+        gen = torch.Generator().manual_seed(14)
+        proj = torch.nn.Linear(builders.TINY_KOLORS_TEXT, builders.TINY_CONTEXT)
+        with torch.no_grad():
+            proj.weight.copy_(torch.randn(proj.weight.shape, generator=gen) / builders.TINY_KOLORS_TEXT ** 0.5)
+            proj.bias.copy_(0.1 * torch.randn(proj.bias.shape, generator=gen))
+        unet.encoder_hid_proj = proj
     return model
 
 
@@ -210,6 +227,78 @@ class LikenessTestTinyControlNet:
             net = comfy.controlnet.load_controlnet(folder_paths.get_full_path_or_raise("controlnet", control_net_name))
         net.control_model.__class__ = _pooled_controlnet_class(type(net.control_model))
         return (net,)
+
+
+_FAMILIES = {"SD15": "SD1.5", "SDXL": "SDXL"}  # ComfyUI's model config class -> the unified loader's family
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_unified_class(shipped: type) -> type:
+    """The shipped unified loader with its three model-reading steps fitted to the tiny models."""
+
+    class TinyUnified(shipped):
+        @classmethod
+        def family_of(cls, model):
+            # a tiny UNet has the real site layout but a narrowed context, which the shipped loader (rightly)
+            # does not take for SD1.5 / SDXL: read the family from the config class it was built with (and
+            # Kolors from the text projection its UNet carries, as the shipped loader does)
+            family = _FAMILIES[type(model.model.model_config).__name__]
+            unet = model.get_model_object("diffusion_model")
+            return "Kolors" if family == "SDXL" and hasattr(unet, "encoder_hid_proj") else family
+
+        @classmethod
+        def find_adapter(cls, preset, family):
+            # a narrowed resampler or linear adapter reads a tiny encoder's width, which no published row has, so
+            # the shipped choice by weights finds only the tiny FaceID files (their face embedding is 512 wide as
+            # published): the others are taken under the official file name the preset names
+            try:
+                return super().find_adapter(preset, family)
+            except Exception:
+                file = sys.modules[shipped.__module__].choice_for(preset, family).file
+                path = next(filter(None, (folder_paths.get_full_path(f, file) for f in ("ipadapter", "instantid"))),
+                            None)
+                if path is None:
+                    raise
+                return types.SimpleNamespace(name=file, path=path)
+
+        @classmethod
+        def find_encoder(cls, needed):
+            # the tiny encoders lie under the official file names, which the presets name (as .safetensors)
+            name = os.path.splitext(needed.file_hint)[0] + ".safetensors"
+            path = folder_paths.get_full_path("clip_vision", name)
+            if path is None:
+                return super().find_encoder(needed)  # the shipped "put it here" message
+            return types.SimpleNamespace(name=name, path=path)
+
+        @classmethod
+        def open_encoder(cls, entry):
+            return builders.load_tiny_clip_vision(entry.path)
+
+    return TinyUnified
+
+
+class LikenessTestTinyUnifiedLoader:
+    """Stands in for LikenessUnifiedLoader: the shipped node, which picks and loads the files of a preset, run on
+    the tiny models (see `_tiny_unified_class`). Everything else it does (choosing the adapter by its weights,
+    the FaceID LoRA, the face model, the errors) runs as shipped."""
+
+    CATEGORY = "testing"
+    RETURN_TYPES = ("MODEL", "LIKENESS_ADAPTER", "CLIP_VISION", "LIKENESS_FACE_MODEL", "CONTROL_NET")
+    FUNCTION = "load"
+
+    @staticmethod
+    def _shipped():
+        import nodes
+
+        return nodes.NODE_CLASS_MAPPINGS["LikenessUnifiedLoader"]
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return cls._shipped().INPUT_TYPES()
+
+    def load(self, **inputs):
+        out = _tiny_unified_class(self._shipped()).execute(**inputs)
+        return {"ui": out.ui.as_dict() if out.ui is not None else {}, "result": tuple(out.args)}
 
 
 # ---------------------------------------------------------------- DiT edit models, split files
@@ -347,7 +436,7 @@ class LikenessTestTinyVAE:
 SWAPS = {"CheckpointLoaderSimple": "LikenessTestTinyCheckpoint", "CLIPVisionLoader": "LikenessTestTinyCLIPVision",
          "UNETLoader": "LikenessTestTinyDiffusionModel", "CLIPLoader": "LikenessTestTinyTextEncoder",
          "DualCLIPLoader": "LikenessTestTinyDualTextEncoder", "VAELoader": "LikenessTestTinyVAE",
-         "ControlNetLoader": "LikenessTestTinyControlNet"}
+         "ControlNetLoader": "LikenessTestTinyControlNet", "LikenessUnifiedLoader": "LikenessTestTinyUnifiedLoader"}
 
 NODE_CLASS_MAPPINGS = {"LikenessTestTinyCheckpoint": LikenessTestTinyCheckpoint,
                        "LikenessTestTinyCLIPVision": LikenessTestTinyCLIPVision,
@@ -355,4 +444,5 @@ NODE_CLASS_MAPPINGS = {"LikenessTestTinyCheckpoint": LikenessTestTinyCheckpoint,
                        "LikenessTestTinyTextEncoder": LikenessTestTinyTextEncoder,
                        "LikenessTestTinyDualTextEncoder": LikenessTestTinyDualTextEncoder,
                        "LikenessTestTinyVAE": LikenessTestTinyVAE,
-                       "LikenessTestTinyControlNet": LikenessTestTinyControlNet}
+                       "LikenessTestTinyControlNet": LikenessTestTinyControlNet,
+                       "LikenessTestTinyUnifiedLoader": LikenessTestTinyUnifiedLoader}
