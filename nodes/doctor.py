@@ -15,6 +15,7 @@ import sys
 
 def report(prompt: dict | None = None) -> str:
     """The doctor's text; `prompt` (the running workflow, when the node runs in one) adds its edit-model checks."""
+    from .core.instantid import ControlNetFile
     from .core.presets import availability
     from .core.variants import Detected, Encoder
     from .edit.checks import section as edit_models_section
@@ -30,11 +31,13 @@ def report(prompt: dict | None = None) -> str:
     lines += ["", "FaceID LoRAs (models/loras):"] + ([f"  {e.name}: {e.describe()}" for e in loras] or ["  (none)"])
     lines += ["", "Face model packs (models/insightface/models):"]
     lines += [f"  {e.name}: {e.describe()}" for e in packs] or ["  (none)"]
-    broken = [e.name for group in (adapters, encoders, loras, packs) for e in group if e.problem]
+    candidates = catalog.identitynet_candidates()
+    broken = [e.name for group in (adapters, encoders, loras, packs, candidates) for e in group if e.problem]
     if broken:
         lines += ["", f"Broken or unreadable ({len(broken)}), not counted below: {', '.join(broken)}"]
-    identitynets = catalog.identitynets()
-    lines += ["", *instantid_lines(adapters, identitynets, usable_packs)]
+    identitynets = [e for e in candidates if isinstance(e.found, ControlNetFile) and e.found.context_width]
+    lines += ["", *instantid_lines(adapters, identitynets, usable_packs,
+                                   [e for e in candidates if e not in identitynets])]
     rows = availability([(e.name, e.found) for e in adapters if isinstance(e.found, Detected)],
                         [e.found for e in encoders if isinstance(e.found, Encoder)],
                         [e.name for e in loras if e.usable], usable_packs, [e.name for e in identitynets])
@@ -51,8 +54,9 @@ def report(prompt: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def instantid_lines(adapters, identitynets, packs) -> list[str]:
-    """InstantID's three files: found, or what to download and where it goes."""
+def instantid_lines(adapters, identitynets, packs, unusable=None) -> list[str]:
+    """InstantID's three files: found, or what to download and where it goes; `unusable`: ControlNet files named as
+    the IdentityNet that are broken or another kind of ControlNet."""
     from .core.instantid import VARIANT
     from .core.variants import Detected, variant_by_key
 
@@ -70,6 +74,8 @@ def instantid_lines(adapters, identitynets, packs) -> list[str]:
                                                  f"missing: {row.controlnet_file} from {row.controlnet_source} -> "
                                                  "models/controlnet (a file of that name, or with instantid in its "
                                                  "name, is taken for it)"))
+    for e in unusable or []:
+        lines.append(f"  {e.name}: named as the IdentityNet but {e.describe() if e.problem else 'not an SDXL ControlNet'}")
     lines.append(f"  face model pack: {row.face_pack} " + (
         "found" if row.face_pack in packs else
         f"missing: {row.face_pack}.zip from the insightface model zoo, unpacked so that its .onnx files sit in "

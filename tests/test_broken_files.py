@@ -479,7 +479,13 @@ def test_the_doctor_marks_broken_files_broken(folders, tmp_path):
     fm.write_pack(str(root / "insightface" / "models" / "antelopev2"))
     with open(root / "insightface" / "models" / "antelopev2" / "w600k_r50.onnx", "r+b") as f:
         f.truncate(300)
-    with fm.model_folder("insightface", str(root / "insightface"), first=True):
+    # ControlNets: a damaged IdentityNet, an IdentityNet-named file of another kind, and another ControlNet
+    (root / "controlnet" / "instantid").mkdir(parents=True)
+    (root / "controlnet" / "instantid" / "diffusion_pytorch_model.safetensors").write_text(LFS_TEXT)
+    write_sparse_safetensors(root / "controlnet" / "instantid_sd15.safetensors", {"a.weight": (4, 4)})
+    (root / "controlnet" / "canny.safetensors").write_bytes(b"\0" * 40)  # not InstantID's: not read
+    with fm.model_folder("insightface", str(root / "insightface"), first=True), \
+            fm.model_folder("controlnet", str(root / "controlnet"), first=True):
         lines = doctor.report().splitlines()
 
     def line(name):
@@ -494,10 +500,15 @@ def test_the_doctor_marks_broken_files_broken(folders, tmp_path):
     assert "det_10g.onnx" in line("buffalo_l") and "unusable" not in line("buffalo_l")
     assert "unusable" in line("antelopev2") and "w600k_r50.onnx" in line("antelopev2")
     broken = next(x for x in lines if x.startswith("Broken or unreadable"))
+    damaged_net = os.path.join("instantid", "diffusion_pytorch_model.safetensors")
     for name in ("ip-adapter-faceid_sd15.bin", "no-offsets.safetensors",
-                 "ip-adapter-faceid-plusv2_sd15_lora.safetensors", "antelopev2"):
+                 "ip-adapter-faceid-plusv2_sd15_lora.safetensors", "antelopev2", damaged_net):
         assert name in broken
-    assert "buffalo_l" not in broken
+    assert "buffalo_l" not in broken and "canny" not in broken
+    assert "Git LFS pointer" in line(damaged_net) and "named as the IdentityNet" in line(damaged_net)
+    assert "not an SDXL ControlNet" in line("instantid_sd15.safetensors")
+    assert next(x for x in lines if x.startswith("  IdentityNet ControlNet:")).startswith(
+        "  IdentityNet ControlNet: missing")
 
 
 @pytest.mark.parametrize("present, chosen", [

@@ -420,3 +420,18 @@ def test_copies_are_made_when_comfyui_moves_the_patches_not_per_step(flux_adapte
         fp8_weights(args, {"original_block": lambda a: {"img": a["img"], "txt": a["txt"]}})
     assert len(made) == 2
     assert fp8_weights.to(torch.device("cpu")).placed == ()  # an offload drops the copies
+
+
+def test_what_pulid_flux_cannot_do_is_refused_with_a_message(flux_adapter):
+    """One identity at one weight after FLUX's blocks: unfold_batch, per-frame weights and per-layer weights (UNet
+    transformer indices) stop with a message naming each, before anything is patched."""
+    errors = pack("nodes.core.errors")
+    adapter, _ = flux_adapter
+    model = builders.build_flux()
+    tokens = tokens_for(adapter)
+    for kwargs, weight in (({"unfold_batch": True}, 1.0), ({}, [1.0, 0.5]), ({"layer_weights": "0:1.0"}, 1.0)):
+        with pytest.raises(errors.InputError) as e:
+            pulid_patch.apply_pulid(model, adapter, tokens, weight, **kwargs)
+        assert all(word in str(e.value) for word in ("unfold_batch", "per-frame", "layer_weights"))
+    assert "patches_replace" not in model.model_options.get("transformer_options", {})
+    assert apply(model, adapter, tokens) is not model  # the same call without them patches a clone

@@ -166,17 +166,20 @@ def _controlnet(path: str) -> ControlNetFile | None:
     return inspect_controlnet(checkpoint.read_shapes(path))
 
 
-def identitynets() -> list[Entry]:
-    """ControlNets that can be InstantID's IdentityNet, best first: files with cross-attention named for InstantID,
-    then files under IdentityNet's published name. Their weights look like any SDXL ControlNet's, so the name
-    decides; only .safetensors headers are read."""
+def identitynet_candidates() -> list[Entry]:
+    """ControlNet files named as InstantID's IdentityNet (InstantID in the name or the folder, or the published
+    file name), read (broken ones carry their problem); named ones first. Their weights look like any SDXL
+    ControlNet's, so the name decides which files are read at all; only .safetensors headers are read."""
     official = variant_by_key(INSTANTID).controlnet_file
     names = [n for n in folder_paths.get_filename_list("controlnet") if n.lower().endswith(".safetensors")]
-    found = [e for e in _entries("controlnet", _controlnet, names)
-             if isinstance(e.found, ControlNetFile) and e.found.context_width]
-    named = [e for e in found if re.search(IDENTITYNET_NAMES, e.name.lower())]
-    published = [e for e in found if e not in named and os.path.basename(e.name) == official]
-    return named + published
+    named = [n for n in names if re.search(IDENTITYNET_NAMES, n.lower())]
+    published = [n for n in names if n not in named and os.path.basename(n) == official]
+    return _entries("controlnet", _controlnet, named + published)
+
+
+def identitynets() -> list[Entry]:
+    """The IdentityNet candidates that are readable SDXL ControlNets with cross-attention, best first."""
+    return [e for e in identitynet_candidates() if isinstance(e.found, ControlNetFile) and e.found.context_width]
 
 
 def face_packs() -> list[str]:
