@@ -165,13 +165,20 @@ def embeds():
     return w.data()
 
 
-def style_composition():
-    """SDXL: Style & Composition, the precise nodes, Mad Scientist with layer_weights."""
+def style_composition(reroutes=False):
+    """SDXL: Style & Composition, the precise nodes, Mad Scientist with layer_weights. With `reroutes` (what the
+    browser test converts), the frontend's Reroute nodes carry the adapter, the checkpoint's MODEL and the
+    composition image."""
     w, ckpt, clip, image = _base(SDXL)
     comp = w.add("LoadImage", ["likeness_composition.png", "image"], 0, 4)
     adapter = w.add("IPAdapterModelLoader", ["ip-adapter-plus_sdxl_vit-h.safetensors"], 0, 3)
+    first_model, first_adapter, comp_image = (ckpt, 0), (adapter, 0), (comp, 0)
+    if reroutes:
+        first_model = (w.reroute(ckpt, 0, 0.6, 0), 0)
+        first_adapter = (w.reroute(adapter, 0, 0.6, 3), 0)
+        comp_image = (w.reroute(comp, 0, 0.6, 4), 0)
     m = w.add("IPAdapterStyleComposition", [1.2, 0.9, False, "average", 0.0, 1.0, "V only"], 1, 0,
-              model=(ckpt, 0), ipadapter=(adapter, 0), image_style=(image, 0), image_composition=(comp, 0),
+              model=first_model, ipadapter=first_adapter, image_style=(image, 0), image_composition=comp_image,
               clip_vision=(clip, 0))
     m = w.add("IPAdapterPreciseStyleTransfer", [0.6, 1.5, "concat", 0.0, 1.0, "V only"], 2, 0, model=(m, 0),
               ipadapter=(adapter, 0), image=(image, 0), clip_vision=(clip, 0))

@@ -33,7 +33,8 @@ import pytest
 
 import test_workflows as tw
 from comfy_server import comfy_server, get_json, post_json
-from conftest import PACK
+import leading_pack_graphs
+from conftest import PACK, pack
 from test_workflows import one_torch_thread, workflow_models  # noqa: F401  (fixtures)
 
 BROWSER_DIR = PACK / "tests" / "browser"
@@ -89,8 +90,6 @@ def _probe(server, vue: bool) -> dict:
 
 
 def _run_probe(server, vue: bool) -> dict:
-    import leading_pack_graphs
-
     base = server["base"]
     post_json(base + "/api/settings/Comfy.TutorialCompleted", True)
     post_json(base + "/api/settings/Comfy.VueNodes.Enabled", vue)
@@ -100,7 +99,8 @@ def _run_probe(server, vue: bool) -> dict:
                LIKENESS_WORKFLOWS=",".join(p.stem for p in tw.WORKFLOWS), LIKENESS_SWAPS=json.dumps(tw.SWAPS),
                LIKENESS_VUE="1" if vue else "0", LIKENESS_SHOTS=str(artifacts), LIKENESS_CHROMIUM=CHROMIUM,
                LIKENESS_MIGRATE=str(artifacts / "leading_pack_style_composition.json"))
-    (artifacts / "leading_pack_style_composition.json").write_text(json.dumps(leading_pack_graphs.style_composition()))
+    (artifacts / "leading_pack_style_composition.json").write_text(
+        json.dumps(leading_pack_graphs.style_composition(reroutes=True)))
     done = subprocess.run(["node", "probe.mjs"], cwd=BROWSER_DIR, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, f"probe failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     report = json.loads(done.stdout.strip().splitlines()[-1])
@@ -215,9 +215,13 @@ def test_node_boxes_do_not_overlap_in_either_renderer(server):
         assert migrate["command"] == "Convert IPAdapter nodes to Likeness" and migrate["menu"] == ["Extensions", "Likeness"]
         assert migrate["summary"] and migrate["summary"]["converted"] and not migrate["summary"]["kept"], migrate
         assert all(n["registered"] and n["type"].startswith(("Likeness", "CLIP", "Checkpoint", "Load", "Empty",
-                                                             "KSampler", "VAE", "Save", "Note"))
+                                                             "KSampler", "VAE", "Save", "Note", "Reroute"))
                    for n in migrate["nodes"]), migrate["nodes"]
         assert not _ours(migrate["errors"]), migrate["errors"]
+        # the frontend queues what the converter meant: it reads through the kept Reroutes as the tests do
+        converted, _ = pack("nodes.migrate").convert(leading_pack_graphs.style_composition(reroutes=True))
+        assert any(n["type"] == "Reroute" for n in converted["nodes"])
+        assert _comparable(migrate["prompt"]) == _comparable(tw.ui_to_prompt(converted)), "graphToPrompt differs"
         measured = {"converted in the browser": (migrate["boxes"], None)}
         measured.update({name: (result["boxes"], json.loads((PACK / "workflows" / f"{name}.json").read_text()))
                          for name, result in report["workflows"].items()})
