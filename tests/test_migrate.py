@@ -115,24 +115,23 @@ def migrate_models(workflow_models):
 
     for name in EXTRA_ADAPTERS:
         write_tiny_adapter(workflow_models / "ipadapter", name)
-    # Kolors FaceID Plus, narrowed: 6 tokens in a (tiny) text-encoder space wider than the tiny SDXL's context,
-    # nested as the published .bin is
+    # Kolors FaceID Plus, narrowed: 6 tokens in a (tiny) text-encoder space wider than the tiny SDXL's context
+    def save_bin(state, name):  # nested as the published .bin files are
+        nested = {}
+        for key, value in state.items():
+            group, rest = key.split(".", 1)
+            nested.setdefault(group, {})[rest] = value
+        torch.save(nested, workflow_models / "ipadapter" / name)
+
     widths = [s.width for s in pack("nodes.host.sites").find_sites(builders.build_unet("sdxl"))]
     shapes = {"image_proj." + k: v for k, v in builders.faceid_plus_shapes(TOKEN_WIDTH, clip=64, t=6, depth=1).items()}
     shapes.update({"ip_adapter." + k: v for k, v in builders.kv_shapes(widths, builders.TINY_CONTEXT).items()})
-    nested = {}
-    for key, value in builders.tensors_for(shapes, seed=5).items():
-        group, rest = key.split(".", 1)
-        nested.setdefault(group, {})[rest] = value
-    torch.save(nested, workflow_models / "ipadapter" / graphs.KOLORS_FACEID)
-    # Kolors Plus (the KOLORS preset), narrowed: a resampler over a tiny ViT-L/14-336's hidden states, nested
+    save_bin(builders.tensors_for(shapes, seed=5), graphs.KOLORS_FACEID)
+    # Kolors Plus (the KOLORS preset), narrowed: a resampler over a tiny ViT-L/14-336's hidden states
     builders.write_tiny_clip_vision(str(workflow_models / "clip_vision"), "clip-vit-large-patch14-336", seed=1024,
                                     hidden=80, projection=40)
-    nested = {}
-    for key, value in builders.tiny_adapter_state("resampler", widths, input_width=80, tokens=16, seed=6).items():
-        group, rest = key.split(".", 1)
-        nested.setdefault(group, {})[rest] = value
-    torch.save(nested, workflow_models / "ipadapter" / "Kolors-IP-Adapter-Plus.bin")
+    save_bin(builders.tiny_adapter_state("resampler", widths, input_width=80, tokens=16, seed=6),
+             "Kolors-IP-Adapter-Plus.bin")
     (workflow_models / "checkpoints" / graphs.KOLORS).write_bytes(b"")  # the tests' loader builds the model
     import folder_paths
 

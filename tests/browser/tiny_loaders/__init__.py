@@ -251,10 +251,11 @@ def _tiny_unified_class(shipped: type) -> type:
             # a narrowed resampler or linear adapter reads a tiny encoder's width, which no published row has, so
             # the shipped choice by weights finds only the tiny FaceID files (their face embedding is 512 wide as
             # published): the others are taken under the official file name the preset names
+            unified = sys.modules[shipped.__module__]
             try:
                 return super().find_adapter(preset, family)
-            except Exception:
-                file = sys.modules[shipped.__module__].choice_for(preset, family).file
+            except unified.MissingModelError:
+                file = unified.choice_for(preset, family).file
                 path = next(filter(None, (folder_paths.get_full_path(f, file) for f in ("ipadapter", "instantid"))),
                             None)
                 if path is None:
