@@ -1092,7 +1092,7 @@ def convert(workflow: dict) -> tuple[dict, dict]:
         try:
             site = Site(conv, node_id)
             result = RULES[kind](site)
-        except (Unconvertible, KeyError, TypeError, ValueError) as e:
+        except (Unconvertible, LookupError, TypeError, ValueError, AttributeError) as e:
             graph.data = snapshot
             if next_id is not None:
                 graph.next_id = next_id
@@ -1203,7 +1203,8 @@ def main(argv=None) -> int:
         with open(source, encoding="utf-8") as f:
             workflow = json.load(f)
         converted, report = convert(workflow)
-    except (OSError, json.JSONDecodeError, BadWorkflow) as e:
+    except (OSError, json.JSONDecodeError, BadWorkflow, RecursionError, LookupError, TypeError, ValueError,
+            AttributeError) as e:  # as the route answers them: a message, not a traceback
         print(f"Cannot convert {source}: {e}", file=sys.stderr)
         return 1
     with open(target, "w", encoding="utf-8") as f:

@@ -32,8 +32,8 @@ EXAMPLES = {
     "likeness_migrated_embeds.json": (
         graphs.embeds,
         "Converted from the leading IP-Adapter pack by `python -m nodes.migrate`. Its Encoder weights (0.6 and "
-        "1.5) became Merge References `add` nodes with those weights, Combine Embeds became Merge References "
-        "(`average`, and `norm average (per element)`, the old pack's norm average under its own name), Embeds "
+        "1.5) became Merge References `concat` nodes with those weights (each image's features scaled), "
+        "Combine Embeds became Merge References (`average`, and `norm average (per element)`, the old pack's norm average under its own name), Embeds "
         "became Project + Apply, and Save Embeds became Likeness Save References (a .safetensors file in "
         "output/likeness/).\n\nChange: the two images and the weights.\n\nModels: "
         "v1-5-pruned-emaonly.safetensors, ip-adapter-plus_sd15.safetensors, "

@@ -472,11 +472,14 @@ def test_the_route_converts_and_refuses_hostile_input_with_400():
             return out
 
     nested = "[" * 100000 + "]" * 100000
+    padded = {**graphs.style_composition(), "extra": {"pad": "x" * (routes.MAX_MIGRATE_BYTES // 2)}}
     answers = asyncio.run(ask([json.dumps({"workflow": graphs.style_composition()}).encode(),
                                json.dumps(_api(graphs.advanced_and_simple())).encode(),
                                b"not json", b"\xff\xfe", b'{"nodes": [], "links": [], "x": NaN}',
                                nested.encode(), b"[1, 2]", b'{"nodes": 3}',
                                b"x" * (routes.MAX_MIGRATE_BYTES + 10)]))
+    big_status, big = asyncio.run(ask([json.dumps({"workflow": padded}).encode()]))[0]
+    assert big_status == 200 and big["workflow"]["extra"]["pad"] == padded["extra"]["pad"]  # arrives in many chunks
     (ok, workflow), (ok_api, api) = answers[:2]
     assert ok == 200 and not leading_types(workflow["workflow"]) and "middle block" in workflow["summary"]["text"]
     assert ok_api == 200 and not [n for n in api["workflow"].values() if n["class_type"] in R.LAYOUTS]

@@ -192,7 +192,12 @@ def add_routes(routes) -> None:
     async def post_migrate(request):
         if (request.content_length or 0) > MAX_MIGRATE_BYTES:
             return problem(400, f"the workflow is larger than {MAX_MIGRATE_BYTES // (1024 * 1024)} MiB.")
-        body = await request.content.read(MAX_MIGRATE_BYTES + 1)
+        body = b""  # read(n) returns what has arrived so far: read to the end, up to one byte over the limit
+        while len(body) <= MAX_MIGRATE_BYTES:
+            chunk = await request.content.read(MAX_MIGRATE_BYTES + 1 - len(body))
+            if not chunk:
+                break
+            body += chunk
         status, payload = migrate_answer(body)
         return answer(payload, status)
 
